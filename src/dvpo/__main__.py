@@ -1,0 +1,5 @@
+import sys
+
+from dvpo.cli import main
+
+sys.exit(main())

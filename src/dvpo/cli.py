@@ -1,0 +1,78 @@
+"""`dvpo <stage> [--config file.yaml] [--option value ...]`.
+
+Stages are registered below as (options dataclass, "module:function", help); the function is
+imported only when its stage runs, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from dvpo import configs
+from dvpo.config import ConfigError, build_parser, resolve
+
+STAGES: dict[tuple[str, ...], tuple[type, str, str]] = {
+    ("lab", "make-data"): (configs.LabDataConfig, "dvpo.lab.make_data:run_make_data",
+                           "write the lab's sft, rated, preference and prompt files"),
+    ("lab", "judge"): (configs.LabJudgeConfig, "dvpo.eval.lab_judge:run_judge",
+                       "score generations with the lab's ground-truth judge"),
+    ("init",): (configs.InitConfig, "dvpo.models.init:run_init",
+                "train a tokenizer on local data and write a fresh Llama of a given size"),
+    ("sft",): (configs.SftConfig, "dvpo.trainers.sft:run_sft", "supervised fine-tuning (loss on completions)"),
+    ("generate",): (configs.GenerateConfig, "dvpo.rollout.generate:run_generate",
+                    "sample responses to a prompt file"),
+    ("gvm",): (configs.GvmConfig, "dvpo.trainers.gvm:run_gvm",
+               "train the global value model offline by TD on rated data"),
+    ("eval", "gvm"): (configs.GvmEvalConfig, "dvpo.eval.gvm_accuracy:run_eval_gvm",
+                      "GVM pairwise accuracy on held-out rated data (the paper's Appendix C)"),
+    ("eval", "gvm-tokens"): (configs.GvmTokensConfig, "dvpo.eval.gvm_tokens:run_gvm_tokens",
+                             "render per-token GVM values as HTML and PNG (the paper's Appendix B)"),
+    ("demo",): (configs.DemoConfig, "dvpo.demo:run_demo",
+                "the lab end to end: data, init, SFT, generation, judge, report"),
+}
+
+
+def build_cli() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dvpo", description="RLHF with Decoupled Value Policy Optimization.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): parser.add_subparsers(dest="stage",
+                                                                                           required=True)}
+    parsers: dict[tuple[str, ...], argparse.ArgumentParser] = {}
+    for path, (config_cls, target, help_text) in STAGES.items():
+        for depth in range(1, len(path)):
+            prefix = path[:depth]
+            if prefix not in groups:
+                sub = groups[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} stages")
+                groups[prefix] = sub.add_subparsers(dest=f"stage{depth}", required=True)
+        stage_parser = groups[path[:-1]].add_parser(path[-1], help=help_text, description=help_text)
+        build_parser(stage_parser, config_cls)
+        stage_parser.set_defaults(_stage=path)
+        parsers[path] = stage_parser
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_cli()
+    args = parser.parse_args(argv)
+    config_cls, target, _ = STAGES[args._stage]
+    try:
+        cfg = resolve(config_cls, args)
+    except ConfigError as error:
+        parser.error(f"{' '.join(args._stage)}: {error}")
+    from dvpo.trainers.common import setup_logging
+
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    module_name, function_name = target.split(":")
+    run = getattr(importlib.import_module(module_name), function_name)
+    from dvpo.errors import user_facing_errors
+
+    with user_facing_errors():
+        run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Options of every `dvpo` stage. Kept free of heavy imports so `dvpo --help` is instant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dvpo.config import option
+
+DTYPE_CHOICES = ["auto", "float32", "bfloat16", "float16"]
+
+
+@dataclass
+class LabDataConfig:
+    out: str = option(help="folder for the lab's JSONL files")
+    seed: int = option(0, help="seed of the generator")
+    n_sft: int = option(1200, help="SFT prompts (30%% of the training prompts in the paper's split)")
+    n_rated: int = option(2000, help="rated prompts, one response per behaviour policy (50%%)")
+    n_rl: int = option(800, help="RL prompts (20%%)")
+    n_test: int = option(200, help="held-out test prompts")
+    n_rated_test: int = option(200, help="held-out rated prompts for value/reward model evaluation")
+    rating_noise: float = option(0.5, help="std of the Gaussian annotator noise added to the judge's score")
+
+
+@dataclass
+class InitConfig:
+    data: list[str] = option(help="files or datasets whose text trains the tokenizer")
+    out: str = option(help="output folder (Hugging Face format)")
+    size: str = option("small", help="model size", choices=["tiny", "small", "medium"])
+    vocab_size: int = option(1024, help="maximum tokenizer vocabulary")
+    max_length: int = option(512, help="maximum positions of the model")
+    seed: int = option(0, help="seed of the weight initialisation")
+
+
+@dataclass
+class SftConfig:
+    model: str = option(help="model folder or Hub id to fine-tune")
+    data: str = option(help="sft data: JSONL file, datasets folder, or Hub name")
+    out: str = option(help="output folder; re-running resumes from its last checkpoint")
+    split: str = option("train", help="split, for datasets folders and Hub datasets")
+    epochs: float = option(3.0, help="training epochs (paper: 3)")
+    max_steps: int = option(-1, help="stop after this many optimizer steps (-1: run all epochs)")
+    learning_rate: float = option(2e-5, help="peak learning rate (paper: 2e-5, cosine decay)")
+    warmup_steps: int = option(2, help="linear warm-up steps (paper: 2)")
+    batch_size: int = option(16, help="rows per device per step (paper: 16)")
+    gradient_accumulation_steps: int = option(1, help="micro-batches per optimizer step")
+    max_length: int = option(512, help="longest row in tokens; longer rows are truncated (counted in the log)")
+    weight_decay: float = option(0.0, help="AdamW weight decay")
+    lora_r: int = option(0, help="LoRA rank; 0 trains all weights")
+    lora_alpha: int = option(32, help="LoRA alpha")
+    lora_dropout: float = option(0.1, help="LoRA dropout")
+    gradient_checkpointing: bool = option(False, help="trade compute for activation memory")
+    dtype: str = option("auto", help="weights dtype (auto: bf16 on a capable GPU, else fp32)", choices=DTYPE_CHOICES)
+    logging_steps: int = option(10, help="log every N steps")
+    save_steps: int = option(200, help="checkpoint every N steps")
+    save_total_limit: int = option(2, help="checkpoints kept")
+    report_to: str = option("none", help="also log to: none, tensorboard or wandb")
+    seed: int = option(0, help="seed")
+    overwrite: bool = option(False, help="start afresh even if --out holds a run")
+
+
+@dataclass
+class GenerateConfig:
+    model: str = option(help="model folder or Hub id")
+    prompts: str = option(help="prompts: JSONL file, datasets folder, or Hub name")
+    out: str = option(help="output JSONL of {prompt, completion}")
+    split: str = option("train", help="split, for datasets folders and Hub datasets")
+    temperature: float = option(1.0, help="sampling temperature; 0 is greedy")
+    top_p: float = option(1.0, help="nucleus sampling threshold")
+    max_new_tokens: int = option(64, help="longest response in tokens")
+    num_samples: int = option(1, help="responses per prompt")
+    batch_size: int = option(64, help="prompts per generation batch")
+    dtype: str = option("auto", help="weights dtype", choices=DTYPE_CHOICES)
+    seed: int = option(0, help="sampling seed")
+
+
+@dataclass
+class LabJudgeConfig:
+    generations: str = option(help="generations JSONL to score with the lab's ground-truth judge")
+    baseline: str | None = option(None, help="generations of a baseline model, for a win rate")
+    output: str | None = option(None, help="also write the result as JSON here")
+
+
+@dataclass
+class DemoConfig:
+    out: str = option("runs/demo", help="folder for all the demo's outputs")
+    quick: bool = option(False, help="a smaller, faster run (under 3 minutes on 2 CPU cores)")
+    seed: int = option(0, help="seed of data, initialisation and training")
+    overwrite: bool = option(False, help="start afresh instead of reusing finished stages in --out")
+
+
+@dataclass
+class GvmConfig:
+    model: str = option(help="causal LM to initialise the value model from (the paper: the SFT model)")
+    data: str = option(help="rated data: prompt, completion, score, optional policy")
+    out: str = option(help="output folder; re-running resumes from its last checkpoint")
+    split: str = option("train", help="split, for datasets folders and Hub datasets")
+    tau: str = option("policy", help="policy conditioning: another response of the same policy, or none",
+                      choices=["policy", "none"])
+    gamma: float = option(1.0, help="discount")
+    td_lambda: float = option(0.0, help="lambda of the TD target: 0 is the paper's TD(0), 1 the Monte-Carlo return")
+    value_normalization: str = option("batch", help="the paper's batch normalisation of predicted values, or none",
+                                      choices=["batch", "none"])
+    score_normalization: str = option("zscore", help="standardise skewed offline scores before learning, or none",
+                                      choices=["zscore", "none"])
+    epochs: float = option(1.0, help="training epochs")
+    max_steps: int = option(-1, help="stop after this many optimizer steps (-1: run all epochs)")
+    learning_rate: float = option(2e-6, help="peak learning rate (paper: 2e-6)")
+    warmup_steps: int = option(0, help="linear warm-up steps")
+    batch_size: int = option(32, help="rows per device per step (paper: 32)")
+    gradient_accumulation_steps: int = option(1, help="micro-batches per optimizer step")
+    max_length: int = option(1024, help="longest [tau; prompt; response] in tokens; tau is cut first (paper: 1024)")
+    weight_decay: float = option(0.0, help="AdamW weight decay")
+    lora_r: int = option(0, help="LoRA rank; 0 trains all weights (paper: 8)")
+    lora_alpha: int = option(32, help="LoRA alpha (paper: 32)")
+    lora_dropout: float = option(0.1, help="LoRA dropout (paper: 0.1)")
+    gradient_checkpointing: bool = option(False, help="trade compute for activation memory")
+    dtype: str = option("auto", help="weights dtype", choices=DTYPE_CHOICES)
+    stats_rows: int = option(2000, help="training rows scored after training for the stored value statistics")
+    logging_steps: int = option(10, help="log every N steps")
+    save_steps: int = option(200, help="checkpoint every N steps")
+    save_total_limit: int = option(2, help="checkpoints kept")
+    report_to: str = option("none", help="also log to: none, tensorboard or wandb")
+    seed: int = option(0, help="seed of tau sampling, shuffling and initialisation")
+    overwrite: bool = option(False, help="start afresh even if --out holds a run")
+
+
+@dataclass
+class GvmEvalConfig:
+    gvm: str = option(help="GVM folder written by `dvpo gvm`")
+    data: str = option(help="held-out rated data (prompt, completion, score, optional policy)")
+    split: str = option("train", help="split, for datasets folders and Hub datasets")
+    output: str | None = option(None, help="also write the accuracy table as JSON here")
+    batch_size: int = option(32, help="rows per forward pass")
+    seed: int = option(0, help="seed of tau sampling")
+
+
+@dataclass
+class GvmTokensConfig:
+    gvm: str = option(help="GVM folder written by `dvpo gvm`")
+    data: str = option(help="rated or generations JSONL whose responses to render")
+    out: str = option(help="output path without extension: writes OUT.html and OUT.png")
+    rows: int = option(8, help="how many rows to render (from the top of the file)")
+    seed: int = option(0, help="seed of tau sampling")

@@ -1,0 +1,177 @@
+"""Token ids with a response mask, and one stated truncation policy.
+
+`response_mask` is 1 on the tokens the model is trained or scored on (the response, closing
+eos included) and 0 on the prompt. With a chat template the prompt is encoded exactly as at
+sampling time (generation prompt included), so training and rollouts see the same prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def ensure_pad_token(tokenizer):
+    """Give a tokenizer without a pad token pad = eos (documented fallback); returns the tokenizer.
+
+    Safe for training because the collators build attention masks and labels from sequence
+    lengths, never by comparing ids to the pad id, so real eos tokens stay trained.
+    """
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.warning("tokenizer has no pad token; using eos %r for padding", tokenizer.eos_token)
+    return tokenizer
+
+
+def _messages(value: Any, role: str) -> list[dict]:
+    return [{"role": role, "content": value}] if isinstance(value, str) else list(value)
+
+
+def _chat(tokenizer, messages: list[dict], **kwargs) -> dict:
+    # transformers 5 returns a BatchEncoding for tokenize=True; return_dict makes that explicit.
+    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
+
+
+def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    return list(_chat(tokenizer, messages, add_generation_prompt=add_generation_prompt)["input_ids"])
+
+
+def _no_template(what: str) -> ValueError:
+    return ValueError(f"{what} needs a tokenizer with a chat template")
+
+
+def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
+    """Prompt ids as the policy sees them before it answers (a string prompt is one user turn)."""
+    if tokenizer.chat_template:
+        return _chat_ids(tokenizer, _messages(prompt, "user"), add_generation_prompt=True)
+    if not isinstance(prompt, str):
+        raise _no_template("a conversational prompt")
+    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+
+def encode_example(
+    tokenizer, prompt: str | list[dict], completion: str | list[dict]
+) -> tuple[list[int], list[int]]:
+    """Prompt ids followed by the completion; the mask marks every token after the prompt.
+
+    With a chat template the whole conversation is rendered once and the prompt ids must be a
+    prefix of it (else the mask would be wrong). Without one: prompt + completion + eos.
+    """
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    if tokenizer.chat_template:
+        ids = _chat_ids(tokenizer, _messages(prompt, "user") + _messages(completion, "assistant"))
+        if len(ids) <= len(prompt_ids) or ids[: len(prompt_ids)] != prompt_ids:
+            raise ValueError(
+                "chat template: the prompt's ids (with the generation prompt) are not a prefix of the "
+                "prompt+completion ids, so response tokens cannot be told apart; fix the template"
+            )
+        return ids, [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids))
+    if not isinstance(completion, str):
+        raise _no_template("a conversational completion")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("tokenizer has no eos token to close the completion")
+    response = list(tokenizer(completion, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    return prompt_ids + response, [0] * len(prompt_ids) + [1] * len(response)
+
+
+def encode_messages(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """A whole conversation; the mask covers the assistant turns (as rendered by the template).
+
+    Uses the template's `{% generation %}` marks when present; otherwise each assistant span is
+    found by rendering the conversation up to it (with and without that turn).
+    """
+    if not tokenizer.chat_template:
+        raise _no_template("a conversational (messages) row")
+    if _GENERATION_TAG.search(str(tokenizer.chat_template)):
+        out = _chat(tokenizer, messages, return_assistant_tokens_mask=True)
+        return list(out["input_ids"]), list(out["assistant_masks"])
+    ids = _chat_ids(tokenizer, messages)
+    mask = [0] * len(ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _chat_ids(tokenizer, messages[:i], add_generation_prompt=True) if i else []
+        upto = _chat_ids(tokenizer, messages[: i + 1])
+        if upto[: len(before)] != before or ids[: len(upto)] != upto:
+            raise ValueError(f"chat template: messages[:{i + 1}] do not render as a prefix of the whole")
+        mask[len(before) : len(upto)] = [1] * (len(upto) - len(before))
+    return ids, mask
+
+
+def truncate(
+    input_ids: list[int], response_mask: list[int], max_length: int
+) -> tuple[list[int], list[int], str]:
+    """Fit a sequence into `max_length` tokens; returns (ids, mask, what was cut).
+
+    Policy: the response (from its first masked token on) is what is learnt, so prompt tokens
+    are dropped from the LEFT first, keeping the end of the prompt next to the response
+    ("prompt"). Only when the response alone is longer than `max_length` is it cut from the
+    RIGHT: then the sequence is the first `max_length` response tokens and no prompt at all
+    ("response"). "none" when it already fits. Tokens are never reordered.
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    if len(input_ids) != len(response_mask):
+        raise ValueError(f"input_ids/response_mask lengths differ: {len(input_ids)}, {len(response_mask)}")
+    if len(input_ids) <= max_length:
+        return list(input_ids), list(response_mask), "none"
+    start = next((i for i, m in enumerate(response_mask) if m), len(response_mask))
+    if len(input_ids) - start <= max_length:
+        return list(input_ids[-max_length:]), list(response_mask[-max_length:]), "prompt"
+    end = start + max_length
+    return list(input_ids[start:end]), list(response_mask[start:end]), "response"
+
+
+@dataclass
+class TruncationStats:
+    """How many rows were cut, so truncation is never silent."""
+
+    rows: int = 0
+    prompt_truncated: int = 0
+    response_truncated: int = 0
+
+    def add(self, what: str) -> None:
+        self.rows += 1
+        self.prompt_truncated += what == "prompt"
+        self.response_truncated += what == "response"
+
+    def log(self, source: str = "", max_length: int | None = None) -> None:
+        """One line; a warning when anything was cut."""
+        cut = self.prompt_truncated or self.response_truncated
+        logger.log(
+            logging.WARNING if cut else logging.INFO,
+            "%s%d rows tokenized (max_length %s): %d prompts cut on the left, %d responses cut on the right",
+            f"{source}: " if source else "",
+            self.rows,
+            max_length,
+            self.prompt_truncated,
+            self.response_truncated,
+        )
+
+
+def tokenize_rows(
+    rows: list[dict], tokenizer, max_length: int, source: str = ""
+) -> tuple[list[dict], TruncationStats]:
+    """Tokenise validated sft / rated / generations rows; keeps `score` and `policy`, drops nothing."""
+    stats = TruncationStats()
+    out = []
+    for row in rows:
+        if row.get("messages") is not None:
+            ids, mask = encode_messages(tokenizer, row["messages"])
+        else:
+            ids, mask = encode_example(tokenizer, row["prompt"], row["completion"])
+        ids, mask, what = truncate(ids, mask, max_length)
+        stats.add(what)
+        item = {"input_ids": ids, "response_mask": mask}
+        item.update({key: row[key] for key in ("score", "policy") if row.get(key) is not None})
+        out.append(item)
+    stats.log(source, max_length)
+    return out, stats

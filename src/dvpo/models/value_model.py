@@ -1,0 +1,147 @@
+"""The global value model (GVM): a causal-LM backbone with a scalar value head on every position.
+
+It is `AutoModelForTokenClassification` with one label — the same backbone, a linear head per
+token, saved and loaded in Hugging Face format (or as a LoRA adapter). The logit at the
+position of response token y_t, which sees [tau; x; y_<=t], is Q(tau, s_t, a_t); the logit at
+the last prompt token is V(s_1).
+
+A saved GVM folder holds `model/` (full model or adapter, plus the tokenizer) and
+`dvpo_gvm.json` (the options it was trained with and the value/score statistics).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForTokenClassification
+
+from dvpo.data.collate import pad_sequences
+from dvpo.data.tau import conditioned_prompt
+from dvpo.data.tokenize import encode_example, ensure_pad_token, truncate
+from dvpo.models.loading import check_model_path, default_device, load_tokenizer, resolve_dtype
+
+GVM_META = "dvpo_gvm.json"
+MODEL_SUBDIR = "model"
+
+
+def build_value_model(path: str, dtype: str = "auto"):
+    """A token-value model whose backbone comes from a causal LM folder; the head starts fresh."""
+    check_model_path(path)
+    return AutoModelForTokenClassification.from_pretrained(
+        path, num_labels=1, classifier_dropout=0.0, dtype=resolve_dtype(dtype))
+
+
+def value_positions(response_mask: list[int]) -> tuple[int, int]:
+    """(start, length) of the value slots of one row: its last prompt token, then every response token."""
+    first = response_mask.index(1)
+    return first - 1, sum(response_mask) + 1
+
+
+def gather_values(logits: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row value slots as a right-padded [B, T+1] tensor and its mask (slot 0 is V(s_1))."""
+    width = int(lengths.max())
+    offsets = torch.arange(width, device=logits.device)
+    mask = offsets[None, :] < lengths[:, None]
+    index = (starts[:, None] + offsets[None, :]).clamp(max=logits.shape[1] - 1)
+    values = logits.gather(1, index) * mask
+    return values, mask.to(logits.dtype)
+
+
+@dataclass
+class GvmMeta:
+    """What the policy stage needs to use a GVM exactly as it was trained."""
+
+    base_model: str
+    lora: bool
+    tau: bool
+    gamma: float
+    td_lambda: float
+    value_normalization: str            # "batch" or "none"
+    value_mean: float = 0.0             # statistics of raw predicted values on the training data
+    value_std: float = 1.0
+    score_mean: float = 0.0             # z-scoring of the offline scores ("none": 0 and 1)
+    score_std: float = 1.0
+    max_length: int = 512
+    extra: dict = field(default_factory=dict)
+
+    def save(self, folder: Path) -> None:
+        (folder / GVM_META).write_text(json.dumps(self.__dict__, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> "GvmMeta":
+        return cls(**json.loads((folder / GVM_META).read_text()))
+
+
+class GlobalValueModel:
+    """A frozen, loaded GVM: scores (tau, prompt, response) triples into per-token values."""
+
+    def __init__(self, model, tokenizer, meta: GvmMeta):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.meta = meta
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def normalize(self, values: torch.Tensor) -> torch.Tensor:
+        """Raw values mapped with the stored statistics (the paper's normalised Q)."""
+        return (values - self.meta.value_mean) / (self.meta.value_std + 1e-6)
+
+    @torch.no_grad()
+    def slot_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, starts: torch.Tensor,
+                    lengths: torch.Tensor, normalized: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, T+1] values of already tokenised inputs: V(s_1), then Q at each response token."""
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
+        values, mask = gather_values(logits, starts, lengths)
+        return (self.normalize(values) * mask if normalized else values), mask
+
+    def encode(self, prompt, response, tau_prompt=None, tau_response=None) -> tuple[list[int], int, int]:
+        """Token ids of [tau; prompt; response] and its value slots; tau is dropped when the GVM was trained without it."""
+        if not self.meta.tau:
+            tau_prompt = tau_response = None
+        ids, mask = encode_example(self.tokenizer, conditioned_prompt(prompt, tau_prompt, tau_response), response)
+        ids, mask, _ = truncate(ids, mask, self.meta.max_length)
+        start, length = value_positions(mask)
+        return ids, start, length
+
+    def score(self, prompts: list, responses: list, tau_prompts: list | None = None,
+              tau_responses: list | None = None, normalized: bool = True, batch_size: int = 32) -> list[torch.Tensor]:
+        """Per response: a tensor of its token values Q_1..Q_T (V(s_1) left out)."""
+        n = len(prompts)
+        tau_prompts = tau_prompts or [None] * n
+        tau_responses = tau_responses or [None] * n
+        results: list[torch.Tensor] = []
+        for begin in range(0, n, batch_size):
+            encoded = [self.encode(*args) for args in zip(prompts[begin:begin + batch_size],
+                                                          responses[begin:begin + batch_size],
+                                                          tau_prompts[begin:begin + batch_size],
+                                                          tau_responses[begin:begin + batch_size])]
+            ids = pad_sequences([e[0] for e in encoded], self.tokenizer.pad_token_id).to(self.device)
+            attention = pad_sequences([[1] * len(e[0]) for e in encoded], 0).to(self.device)
+            starts = torch.tensor([e[1] for e in encoded], device=self.device)
+            lengths = torch.tensor([e[2] for e in encoded], device=self.device)
+            values, _ = self.slot_values(ids, attention, starts, lengths, normalized)
+            results += [values[i, 1:lengths[i]].cpu() for i in range(len(encoded))]
+        return results
+
+
+def load_value_model(folder: str | Path, device: str | torch.device | None = None, dtype: str = "auto") -> GlobalValueModel:
+    """Load a GVM saved by `dvpo gvm` in one call, frozen and ready to score."""
+    folder = Path(folder)
+    if not (folder / GVM_META).is_file():
+        raise FileNotFoundError(f"{folder} is not a GVM folder (no {GVM_META}); train one with `dvpo gvm`")
+    meta = GvmMeta.load(folder)
+    model_dir = folder / MODEL_SUBDIR
+    tokenizer = load_tokenizer(str(model_dir))
+    ensure_pad_token(tokenizer)
+    if meta.lora:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(build_value_model(meta.base_model, dtype), str(model_dir))
+    else:
+        model = AutoModelForTokenClassification.from_pretrained(str(model_dir), dtype=resolve_dtype(dtype))
+    return GlobalValueModel(model.to(device or default_device()), tokenizer, meta)

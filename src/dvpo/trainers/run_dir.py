@@ -1,0 +1,48 @@
+"""One output folder per run: fresh, resumable from its last checkpoint, or already complete.
+
+A stage writes its final artefacts and then `COMPLETE_MARKER`; a folder without the marker
+is a run that stopped part-way, and re-running the same command resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from transformers.trainer_utils import get_last_checkpoint
+
+COMPLETE_MARKER = "dvpo_complete.json"
+CHECKPOINTS = "checkpoints"
+
+
+def prepare_run_dir(out: str | Path, overwrite: bool) -> tuple[Path, str | None]:
+    """Returns (folder, checkpoint to resume from or None). Raises if the run is complete."""
+    folder = Path(out)
+    if overwrite and folder.exists():
+        shutil.rmtree(folder)
+    if is_complete(folder):
+        raise RunComplete(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoints = folder / CHECKPOINTS
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    return folder, last
+
+
+def is_complete(folder: str | Path) -> bool:
+    return (Path(folder) / COMPLETE_MARKER).is_file()
+
+
+def mark_complete(folder: Path, **summary) -> None:
+    """Written last, so its presence means every other artefact is in place."""
+    summary["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    tmp = folder / (COMPLETE_MARKER + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    tmp.replace(folder / COMPLETE_MARKER)
+
+
+class RunComplete(RuntimeError):
+    def __init__(self, folder: Path):
+        super().__init__(f"{folder} holds a finished run; pass --overwrite to train again")
+        self.folder = folder

@@ -1,0 +1,54 @@
+"""`dvpo sft`: supervised fine-tuning with the loss on completion tokens only.
+
+Tokenisation and masks come from the data layer; the optimisation, checkpointing, resume and
+multi-process plumbing come from `transformers.Trainer`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from datasets import Dataset
+from transformers import Trainer
+
+from dvpo.config import save_config
+from dvpo.configs import SftConfig
+from dvpo.data.collate import SftCollator
+from dvpo.data.formats import load_rows
+from dvpo.data.tokenize import ensure_pad_token, tokenize_rows
+from dvpo.models.loading import load_causal_lm, load_tokenizer
+from dvpo.trainers.common import maybe_lora, training_arguments
+from dvpo.trainers.metrics import MetricsFileCallback
+from dvpo.trainers.run_dir import mark_complete, prepare_run_dir
+
+logger = logging.getLogger(__name__)
+
+
+def run_sft(cfg: SftConfig) -> Path:
+    folder, resume_from = prepare_run_dir(cfg.out, cfg.overwrite)
+    save_config(cfg, folder / "dvpo_config.yaml")
+    tokenizer = load_tokenizer(cfg.model)
+    ensure_pad_token(tokenizer)
+    rows = load_rows(cfg.data, "sft", split=cfg.split)
+    features, stats = tokenize_rows(rows, tokenizer, cfg.max_length, source=cfg.data)
+    dataset = Dataset.from_list([{"input_ids": f["input_ids"], "response_mask": f["response_mask"]}
+                                 for f in features])
+    model = maybe_lora(load_causal_lm(cfg.model, cfg.dtype), cfg, task_type="CAUSAL_LM")
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(cfg, folder, scheduler="cosine"),
+        train_dataset=dataset,
+        data_collator=SftCollator(tokenizer.pad_token_id),
+        callbacks=[MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm"))],
+    )
+    if resume_from:
+        logger.info("resuming from %s", resume_from)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    if trainer.is_world_process_zero():
+        final = trainer.model.merge_and_unload() if cfg.lora_r > 0 else trainer.model
+        final.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        mark_complete(folder, stage="sft", rows=len(rows), truncation=vars(stats),
+                      train_loss=result.training_loss, steps=result.global_step)
+    return folder
