@@ -8,6 +8,7 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
+from dvpo.data.formats import load_rows
 from dvpo.lab.task import POLICIES, judge
 
 
@@ -25,7 +26,7 @@ def score_rows(rows: Iterable[dict]) -> list[float]:
 def judge_file(generations_path: str | Path, baseline_path: str | Path | None = None) -> dict:
     """Summary of a generations file: n, mean, std (sample), sem; with a baseline file also the
     per-prompt win rate (ties count half) over the prompts both files contain."""
-    rows = _read_rows(generations_path)
+    rows = load_rows(generations_path, "generations")
     if not rows:
         raise ValueError(f"{generations_path}: no generations to judge")
     scores = score_rows(rows)
@@ -34,7 +35,7 @@ def judge_file(generations_path: str | Path, baseline_path: str | Path | None = 
     std = math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1)) if n > 1 else 0.0
     result = {"n": n, "mean": mean, "std": std, "sem": std / math.sqrt(n)}
     if baseline_path is not None:
-        base_rows = _read_rows(baseline_path)
+        base_rows = load_rows(baseline_path, "generations")
         ours = _per_prompt_means(rows, scores)
         theirs = _per_prompt_means(base_rows, score_rows(base_rows))
         shared = ours.keys() & theirs.keys()
@@ -72,22 +73,6 @@ def _per_prompt_means(rows: list[dict], scores: list[float]) -> dict[str, float]
     for row, score in zip(rows, scores):
         sums.setdefault(row["prompt"], []).append(score)
     return {p: sum(s) / len(s) for p, s in sums.items()}
-
-
-def _read_rows(path: str | Path) -> list[dict]:
-    """Read a JSONL file (to be replaced by the data layer's reader)."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object")
-                rows.append(row)
-    return rows
 
 
 def run_judge(cfg) -> dict:

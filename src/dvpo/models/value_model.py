@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForTokenClassification
+from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
 from dvpo.data.collate import pad_sequences
 from dvpo.data.tau import conditioned_prompt
 from dvpo.data.tokenize import encode_example, ensure_pad_token, truncate
-from dvpo.models.loading import check_model_path, default_device, load_tokenizer, resolve_dtype
+from dvpo.models.loading import check_model_path, default_device, resolve_dtype
 
 GVM_META = "dvpo_gvm.json"
 MODEL_SUBDIR = "model"
@@ -30,8 +30,9 @@ MODEL_SUBDIR = "model"
 def build_value_model(path: str, dtype: str = "auto"):
     """A token-value model whose backbone comes from a causal LM folder; the head starts fresh."""
     check_model_path(path)
-    return AutoModelForTokenClassification.from_pretrained(
-        path, num_labels=1, classifier_dropout=0.0, dtype=resolve_dtype(dtype))
+    config = AutoConfig.from_pretrained(path, num_labels=1)
+    config.classifier_dropout = 0.0  # dropout before a regression head only adds noise to the targets
+    return AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=resolve_dtype(dtype))
 
 
 def value_positions(response_mask: list[int]) -> tuple[int, int]:
@@ -136,7 +137,7 @@ def load_value_model(folder: str | Path, device: str | torch.device | None = Non
         raise FileNotFoundError(f"{folder} is not a GVM folder (no {GVM_META}); train one with `dvpo gvm`")
     meta = GvmMeta.load(folder)
     model_dir = folder / MODEL_SUBDIR
-    tokenizer = load_tokenizer(str(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)  # saved by `dvpo gvm` beside the model or adapter
     ensure_pad_token(tokenizer)
     if meta.lora:
         from peft import PeftModel

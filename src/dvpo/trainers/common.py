@@ -48,8 +48,10 @@ def maybe_lora(model, cfg, task_type: str):
     """Wrap in LoRA adapters when --lora-r > 0 (the paper: r 8, alpha 32, dropout 0.1)."""
     if cfg.lora_r <= 0:
         return model
+    # The scalar head ("score") is trained in full (peft's modules_to_save), never adapted.
+    head = ["score"] if task_type in ("TOKEN_CLS", "SEQ_CLS") else None
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        task_type=task_type, target_modules="all-linear")
+                        task_type=task_type, target_modules="all-linear", exclude_modules=head)
     return get_peft_model(model, config)
 
 
