@@ -15,11 +15,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dvpo.configs import DemoConfig, GenerateConfig, SftConfig
+from dvpo.configs import DemoConfig, GenerateConfig, GvmConfig, SftConfig
+from dvpo.eval.gvm_accuracy import evaluate_gvm, format_table
 from dvpo.eval.lab_judge import judge_file, policy_scores
 from dvpo.lab.make_data import make_lab_data
 from dvpo.models.init import init_model
 from dvpo.rollout.generate import run_generate
+from dvpo.trainers.gvm import run_gvm
 from dvpo.trainers.run_dir import is_complete
 from dvpo.trainers.sft import run_sft
 
@@ -35,11 +37,12 @@ class DemoBudget:
     n_rl: int
     n_test: int
     sft_epochs: float
+    gvm_epochs: float
     size: str = "small"
 
 
-FULL = DemoBudget(n_sft=3000, n_rated=5000, n_rl=2000, n_test=200, sft_epochs=6)
-QUICK = DemoBudget(n_sft=1500, n_rated=2500, n_rl=1000, n_test=100, sft_epochs=4)
+FULL = DemoBudget(n_sft=3000, n_rated=5000, n_rl=2000, n_test=200, sft_epochs=10, gvm_epochs=2)
+QUICK = DemoBudget(n_sft=1500, n_rated=1500, n_rl=500, n_test=100, sft_epochs=8, gvm_epochs=1)
 
 
 class Timer:
@@ -83,6 +86,13 @@ def run_demo(cfg: DemoConfig) -> dict:
                                         epochs=budget.sft_epochs, learning_rate=2e-3, warmup_steps=20, batch_size=32,
                                         max_length=64, weight_decay=0.01, logging_steps=20, save_steps=200,
                                         seed=cfg.seed))
+    gvm_dir = root / "gvm"
+    if not is_complete(gvm_dir):
+        timer("gvm", run_gvm, GvmConfig(model=str(sft_dir), data=str(data_dir / "rated.jsonl"), out=str(gvm_dir),
+                                        epochs=budget.gvm_epochs, learning_rate=1e-3, warmup_steps=20,
+                                        batch_size=32, max_length=96, td_lambda=1.0, value_normalization="none",
+                                        logging_steps=50, save_steps=500, seed=cfg.seed))
+    gvm_accuracy = timer("eval-gvm", evaluate_gvm, str(gvm_dir), str(data_dir / "rated_test.jsonl"), seed=cfg.seed)
     test_prompts = data_dir / "test_prompts.jsonl"
     scores = {
         "untrained": _judge_samples(init_dir, test_prompts, root / "generations" / "untrained.jsonl", cfg.seed,
@@ -91,9 +101,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     }
     prompts = [json.loads(line)["prompt"] for line in test_prompts.read_text().splitlines()]
     behaviour = policy_scores(prompts, seed=cfg.seed)
-    report = {"budget": vars(budget), "scores": scores, "behaviour_policies": behaviour, "seconds": timer.seconds}
+    report = {"budget": vars(budget), "scores": scores, "behaviour_policies": behaviour,
+              "gvm_accuracy": gvm_accuracy, "seconds": timer.seconds}
     (root / "report.json").write_text(json.dumps(report, indent=2))
-    text = format_demo_report(scores, behaviour, timer.seconds)
+    text = format_demo_report(scores, behaviour, timer.seconds) + "\n" + format_table(gvm_accuracy)
     (root / "report.md").write_text(text)
     print(text)
     return report
