@@ -26,6 +26,8 @@ STAGES: dict[tuple[str, ...], tuple[type, str, str]] = {
                     "sample responses to a prompt file"),
     ("gvm",): (configs.GvmConfig, "dvpo.trainers.gvm:run_gvm",
                "train the global value model offline by TD on rated data"),
+    ("rm",): (configs.RmConfig, "dvpo.trainers.rm:run_rm",
+              "train a reward model (sequence score, Bradley-Terry loss) on rated or preference pairs"),
     ("eval", "gvm"): (configs.GvmEvalConfig, "dvpo.eval.gvm_accuracy:run_eval_gvm",
                       "GVM pairwise accuracy on held-out rated data (the paper's Appendix C)"),
     ("eval", "gvm-tokens"): (configs.GvmTokensConfig, "dvpo.eval.gvm_tokens:run_gvm_tokens",

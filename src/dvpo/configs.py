@@ -141,3 +141,33 @@ class GvmTokensConfig:
     out: str = option(help="output path without extension: writes OUT.html and OUT.png")
     rows: int = option(8, help="how many rows to render (from the top of the file)")
     seed: int = option(0, help="seed of tau sampling")
+
+
+@dataclass
+class RmConfig:
+    model: str = option(help="causal LM to initialise the reward model from (the paper: the SFT model)")
+    data: str = option(help="rated data (pairs of better vs worse responses per prompt) or preference data")
+    out: str = option(help="output folder; re-running resumes from its last checkpoint")
+    eval_data: str | None = option(None, help="held-out rated or preference data for pairwise accuracy")
+    split: str = option("train", help="split, for datasets folders and Hub datasets")
+    pairs: str = option("all", help="from rated data: every pair with different scores, or best vs worst",
+                        choices=["all", "best-worst"])
+    epochs: float = option(2.0, help="training epochs (paper: 2)")
+    max_steps: int = option(-1, help="stop after this many optimizer steps (-1: run all epochs)")
+    learning_rate: float = option(2e-5, help="peak learning rate (paper: 2e-5, linear decay)")
+    warmup_steps: int = option(0, help="linear warm-up steps")
+    batch_size: int = option(4, help="pairs per device per step (paper: 4)")
+    gradient_accumulation_steps: int = option(1, help="micro-batches per optimizer step")
+    max_length: int = option(1024, help="longest prompt+response in tokens")
+    weight_decay: float = option(0.0, help="AdamW weight decay")
+    lora_r: int = option(0, help="LoRA rank; 0 trains all weights (paper: 8)")
+    lora_alpha: int = option(32, help="LoRA alpha (paper: 32)")
+    lora_dropout: float = option(0.1, help="LoRA dropout (paper: 0.1)")
+    gradient_checkpointing: bool = option(False, help="trade compute for activation memory")
+    dtype: str = option("auto", help="weights dtype", choices=DTYPE_CHOICES)
+    logging_steps: int = option(10, help="log every N steps")
+    save_steps: int = option(200, help="checkpoint every N steps")
+    save_total_limit: int = option(2, help="checkpoints kept")
+    report_to: str = option("none", help="also log to: none, tensorboard or wandb")
+    seed: int = option(0, help="seed")
+    overwrite: bool = option(False, help="start afresh even if --out holds a run")
