@@ -171,3 +171,48 @@ class RmConfig:
     report_to: str = option("none", help="also log to: none, tensorboard or wandb")
     seed: int = option(0, help="seed")
     overwrite: bool = option(False, help="start afresh even if --out holds a run")
+
+
+@dataclass
+class RlConfig:
+    algo: str = option(help="advantage source: dvpo (frozen GVM) or ppo (reward model + critic)",
+                       choices=["dvpo", "ppo"])
+    policy: str = option(help="SFT model folder or Hub id to train")
+    prompts: str = option(help="RL prompts: JSONL file, datasets folder, or Hub name")
+    out: str = option(help="output folder; re-running resumes from its last checkpoint")
+    split: str = option("train", help="split, for datasets folders and Hub datasets")
+    gvm: str | None = option(None, help="dvpo: GVM folder from `dvpo gvm`")
+    reward_model: str | None = option(None, help="ppo: reward model folder from `dvpo rm`")
+    critic_init: str | None = option(None, help="ppo: critic initialisation (default: the reward model's backbone)")
+    steps: int = option(100, help="RL steps (one rollout batch each)")
+    rollout_batch_size: int = option(8, help="prompts per step (paper: 8)")
+    mini_batch_size: int = option(2, help="samples per PPO minibatch (paper: 2)")
+    ppo_epochs: int = option(4, help="passes over each rollout batch (paper: 4)")
+    learning_rate: float = option(2e-6, help="policy learning rate (paper: 2e-6)")
+    critic_learning_rate: float | None = option(None, help="ppo: critic learning rate (default: --learning-rate)")
+    max_new_tokens: int = option(64, help="longest response")
+    temperature: float = option(1.0, help="sampling temperature (log-probs use the same temperature)")
+    top_p: float = option(1.0, help="nucleus sampling threshold")
+    clip_eps: float = option(0.2, help="PPO ratio clip")
+    value_clip: float = option(0.2, help="ppo: clip range of the critic's value loss")
+    vf_coef: float = option(0.1, help="ppo: weight of the value loss")
+    gamma: float = option(1.0, help="discount (GAE and the DVPO difference advantage)")
+    gae_lambda: float = option(0.95, help="ppo: GAE lambda")
+    kl_coef: float = option(0.2, help="initial KL coefficient (paper: 0.2)")
+    kl_target: float | None = option(0.1, help="adaptive KL target (paper: 0.1); empty/None keeps the coefficient fixed")
+    kl_horizon: int = option(10000, help="adaptive KL horizon in samples (Ziegler et al.)")
+    kl_penalty: str = option("reward", help="KL towards the reference: per-token in the reward/advantage, or a k3 loss term",
+                             choices=["reward", "loss"])
+    dvpo_advantage: str = option("value", help="dvpo: the normalised GVM value (paper), or the token difference Q_t - Q_{t-1}/gamma",
+                                 choices=["value", "difference"])
+    dvpo_normalization: str = option("batch", help="dvpo: normalise values by the rollout batch or by the GVM's stored statistics",
+                                     choices=["batch", "stored"])
+    whiten_advantages: bool = option(True, help="ppo: whiten advantages over the batch")
+    eval_prompts: str | None = option(None, help="held-out prompts scored every --eval-every steps (lab judge when they are lab prompts)")
+    eval_every: int = option(10, help="evaluate every N steps (0: only at the end)")
+    save_every: int = option(25, help="checkpoint every N steps")
+    keep_checkpoints: int = option(2, help="checkpoints kept")
+    dtype: str = option("auto", help="weights dtype", choices=DTYPE_CHOICES)
+    report_to: str = option("none", help="also log to: none, tensorboard or wandb")
+    seed: int = option(0, help="seed")
+    overwrite: bool = option(False, help="start afresh even if --out holds a run")

@@ -26,7 +26,6 @@ def training_arguments(cfg, folder: Path, scheduler: str, **overrides) -> Traini
         weight_decay=cfg.weight_decay,
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,
@@ -40,6 +39,8 @@ def training_arguments(cfg, folder: Path, scheduler: str, **overrides) -> Traini
         dataloader_num_workers=0,
         save_only_model=False,
     )
+    if cfg.gradient_checkpointing:
+        kwargs["activation_checkpointing"] = True
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
 

@@ -1,0 +1,53 @@
+"""Scoring during RL: the lab's ground truth on rollouts and on held-out prompts, when prompts are lab prompts."""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from dvpo.data.formats import load_rows
+from dvpo.data.tokenize import encode_prompt
+from dvpo.lab.task import judge, parse_prompt
+from dvpo.rollout.sampling import sample
+
+
+def is_lab_prompt(prompt) -> bool:
+    try:
+        parse_prompt(prompt)
+        return True
+    except (ValueError, AttributeError):
+        return False
+
+
+class PromptScorer:
+    """Lab judge for lab prompts; for other data it scores nothing (the source's own metrics remain)."""
+
+    def __init__(self, prompts: list):
+        self.prompts = prompts
+        self.active = all(isinstance(p, str) and is_lab_prompt(p) for p in prompts[:50])
+
+    @classmethod
+    def for_eval(cls, path: str | None) -> "PromptScorer | None":
+        if not path:
+            return None
+        return cls([row["prompt"] for row in load_rows(path, "prompts")])
+
+    def score(self, prompts: list, texts: list[str]) -> dict:
+        if not self.active:
+            return {}
+        return {"score": statistics.fmean(judge(p, t) for p, t in zip(prompts, texts))}
+
+    @torch.no_grad()
+    def evaluate(self, policy, tokenizer, cfg, device, batch_size: int = 64) -> dict:
+        """Held-out prompts sampled at the training temperature; the lab judge's mean."""
+        if not self.active:
+            return {}
+        policy.eval()
+        texts = []
+        for start in range(0, len(self.prompts), batch_size):
+            chunk = self.prompts[start:start + batch_size]
+            batch = sample(policy, [encode_prompt(tokenizer, p) for p in chunk], tokenizer.pad_token_id,
+                           tokenizer.eos_token_id, cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+            texts += [t.strip() for t in tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)]
+        return {"eval_score": statistics.fmean(judge(p, t) for p, t in zip(self.prompts, texts))}

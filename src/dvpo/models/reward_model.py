@@ -1,0 +1,114 @@
+"""The reward model: a causal-LM backbone with a scalar head read at the last token of each sequence.
+
+It is `AutoModelForSequenceClassification` with one label, the standard RLHF reward model (TRL,
+OpenRLHF). Transformers pools at the rightmost token that is not the pad token, so the config
+must carry the tokenizer's pad id; padding on either side then gives the same score. (With the
+pad = eos fallback of `ensure_pad_token` that is the last token before the closing eos, the same
+with and without padding.)
+
+A saved RM folder holds `model/` (full model or LoRA adapter, plus the tokenizer) and
+`dvpo_rm.json` (base model, LoRA flag, max length and the statistics of its scores on training
+responses, so the RL stage can normalise rewards).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from dvpo.data.collate import pad_sequences
+from dvpo.data.tokenize import encode_example, ensure_pad_token, truncate
+from dvpo.models.loading import check_model_path, default_device, load_tokenizer, resolve_dtype
+
+RM_META = "dvpo_rm.json"
+MODEL_SUBDIR = "model"
+
+
+def build_reward_model(path: str, dtype: str = "auto"):
+    """A sequence-score model whose backbone comes from a causal LM folder; the head starts fresh."""
+    check_model_path(path)
+    tokenizer = ensure_pad_token(load_tokenizer(path))
+    config = AutoConfig.from_pretrained(path, num_labels=1)
+    config.classifier_dropout = 0.0  # dropout before a scalar head only adds noise to the scores
+    config.pad_token_id = tokenizer.pad_token_id  # how the model finds each row's last token
+    return AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=resolve_dtype(dtype))
+
+
+def encode_response(tokenizer, prompt, response, max_length: int) -> tuple[list[int], str]:
+    """Token ids of prompt + response as the RM reads them, and what truncation cut ("none" if nothing)."""
+    ids, mask = encode_example(tokenizer, prompt, response)
+    ids, _, what = truncate(ids, mask, max_length)
+    return ids, what
+
+
+@dataclass
+class RmMeta:
+    """What the RL stage needs to use an RM exactly as it was trained."""
+
+    base_model: str
+    lora: bool
+    max_length: int
+    score_mean: float = 0.0  # raw scores of the trained model on training responses
+    score_std: float = 1.0
+
+    def save(self, folder: Path) -> None:
+        (folder / RM_META).write_text(json.dumps(self.__dict__, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> "RmMeta":
+        return cls(**json.loads((folder / RM_META).read_text()))
+
+
+class RewardModel:
+    """A frozen reward model: one scalar score per (prompt, response)."""
+
+    def __init__(self, model, tokenizer, meta: RmMeta):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.meta = meta
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
+        """Scores standardised with the training statistics, so rewards have a known scale."""
+        return (scores - self.meta.score_mean) / (self.meta.score_std + 1e-6)
+
+    @torch.no_grad()
+    def score_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B] raw scores of already tokenised rows (padded with the tokenizer's pad id)."""
+        logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)).logits
+        return logits.squeeze(-1).float()
+
+    def score(self, prompts: list, responses: list, batch_size: int = 32) -> torch.Tensor:
+        """[N] raw scores on the CPU, in the order given."""
+        scores = []
+        for begin in range(0, len(prompts), batch_size):
+            ids = [encode_response(self.tokenizer, p, r, self.meta.max_length)[0]
+                   for p, r in zip(prompts[begin:begin + batch_size], responses[begin:begin + batch_size])]
+            batch = pad_sequences(ids, self.tokenizer.pad_token_id)
+            attention = pad_sequences([[1] * len(i) for i in ids], 0)
+            scores.append(self.score_ids(batch, attention).cpu())
+        return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def load_reward_model(folder: str | Path, device: str | torch.device | None = None, dtype: str = "auto") -> RewardModel:
+    """Load an RM saved by `dvpo rm` in one call, frozen and ready to score."""
+    folder = Path(folder)
+    if not (folder / RM_META).is_file():
+        raise FileNotFoundError(f"{folder} is not a reward model folder (no {RM_META}); train one with `dvpo rm`")
+    meta = RmMeta.load(folder)
+    model_dir = folder / MODEL_SUBDIR
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(model_dir))  # saved by `dvpo rm` beside the model
+    if meta.lora:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(build_reward_model(meta.base_model, dtype), str(model_dir))
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=resolve_dtype(dtype))
+    return RewardModel(model.to(device or default_device()), tokenizer, meta)

@@ -1,0 +1,131 @@
+"""`dvpo rm`: train a reward model with the Bradley-Terry loss (the reward of the PPO baseline).
+
+Pairs come from preference rows as given, or per prompt from rated rows (see
+`dvpo.eval.rm_accuracy.pairwise_pairs`). A batch of B pairs is one forward pass over 2B rows
+(the chosen halves, then the rejected), and the loss is -log sigmoid(s_chosen - s_rejected).
+Held-out accuracy (`--eval-data`) always counts every pair with different scores, whatever
+`--pairs` trained on, so runs stay comparable.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import Trainer
+
+from dvpo.algos.pairwise import bradley_terry_loss
+from dvpo.config import save_config
+from dvpo.configs import RmConfig
+from dvpo.data.collate import pad_sequences
+from dvpo.data.formats import DataError
+from dvpo.data.tokenize import TruncationStats, ensure_pad_token
+from dvpo.eval.rm_accuracy import (load_pair_rows, pairwise_pairs, response_key, rm_accuracy, row_kind,
+                                   unique_responses)
+from dvpo.models.loading import load_tokenizer
+from dvpo.models.reward_model import MODEL_SUBDIR, RewardModel, RmMeta, build_reward_model, encode_response
+from dvpo.trainers.common import maybe_lora, training_arguments
+from dvpo.trainers.metrics import MetricsFileCallback
+from dvpo.trainers.run_dir import mark_complete, prepare_run_dir
+
+logger = logging.getLogger(__name__)
+
+STATS_RESPONSES = 2000  # training responses scored after training for the stored score statistics
+
+
+def pair_features(triples: list[tuple], tokenizer, max_length: int, source: str = "") -> list[dict]:
+    """Chosen and rejected token ids per pair; each distinct response is tokenised once and cuts are counted."""
+    stats = TruncationStats()
+    ids = {}
+    for prompt, response in unique_responses(triples):
+        ids[response_key(prompt, response)], what = encode_response(tokenizer, prompt, response, max_length)
+        stats.add(what)
+    stats.log(source, max_length)
+    return [{"chosen_input_ids": ids[response_key(p, chosen)], "rejected_input_ids": ids[response_key(p, rejected)]}
+            for p, chosen, rejected in triples]
+
+
+class PairCollator:
+    """Right-pads B pairs into one batch of 2B rows: rows [0, B) are chosen, rows [B, 2B) rejected."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        ids = [list(f["chosen_input_ids"]) for f in features] + [list(f["rejected_input_ids"]) for f in features]
+        return {
+            "input_ids": pad_sequences(ids, self.pad_token_id),
+            "attention_mask": pad_sequences([[1] * len(i) for i in ids], 0),
+        }
+
+
+class RmTrainer(Trainer):
+    """transformers.Trainer with the Bradley-Terry loss on the stacked chosen/rejected halves."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        chosen, rejected = logits.squeeze(-1).float().chunk(2)
+        loss = bradley_terry_loss(chosen, rejected)
+        return (loss, logits) if return_outputs else loss
+
+
+def score_statistics(rm: RewardModel, triples: list[tuple]) -> tuple[float, float]:
+    """Mean and std of the model's raw scores over (an even sample of) the distinct training responses."""
+    responses = unique_responses(triples)
+    sample = responses[:: max(1, len(responses) // STATS_RESPONSES)][:STATS_RESPONSES]
+    scores = rm.score([p for p, _ in sample], [r for _, r in sample]).double()
+    return float(scores.mean()), float(scores.std(unbiased=False))
+
+
+def load_pairs(source: str, split: str, mode: str):
+    """Rows and their pairs, with the counts logged; no pairs at all is an error."""
+    rows = load_pair_rows(source, split)
+    pairs = pairwise_pairs(rows, mode)
+    kind = row_kind(rows)
+    logger.info("%s: %d %s rows -> %s%s", source, len(rows), kind, pairs.describe(),
+                f" (--pairs {mode})" if kind == "rated" else "")
+    if not pairs.triples:
+        raise DataError(source, None, None, "no pairs: every prompt's responses have equal scores or stand alone")
+    return rows, pairs
+
+
+def run_rm(cfg: RmConfig) -> Path:
+    folder, resume_from = prepare_run_dir(cfg.out, cfg.overwrite)
+    save_config(cfg, folder / "dvpo_config.yaml")
+    tokenizer = ensure_pad_token(load_tokenizer(cfg.model))
+    rows, pairs = load_pairs(cfg.data, cfg.split, cfg.pairs)
+    eval_rows = load_pair_rows(cfg.eval_data, cfg.split) if cfg.eval_data else None  # bad eval data fails now
+    features = pair_features(pairs.triples, tokenizer, cfg.max_length, source=cfg.data)
+    model = maybe_lora(build_reward_model(cfg.model, cfg.dtype), cfg, task_type="SEQ_CLS")
+    trainer = RmTrainer(
+        model=model,
+        args=training_arguments(cfg, folder, scheduler="linear"),
+        train_dataset=Dataset.from_list(features),
+        data_collator=PairCollator(tokenizer.pad_token_id),
+        callbacks=[MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm"))],
+    )
+    if resume_from:
+        logger.info("resuming from %s", resume_from)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    if trainer.is_world_process_zero():
+        meta = RmMeta(base_model=str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
+                      lora=cfg.lora_r > 0, max_length=cfg.max_length)
+        rm = RewardModel(trainer.model, tokenizer, meta)
+        meta.score_mean, meta.score_std = score_statistics(rm, pairs.triples)
+        held_out = {}
+        if eval_rows is not None:
+            accuracy = rm_accuracy(rm, eval_rows, mode="all")
+            logger.info("held-out pairwise accuracy on %s: %.1f%% of %d pairs", cfg.eval_data,
+                        100 * accuracy["accuracy"], accuracy["pairs"])
+            held_out = {"eval_pairs": accuracy["pairs"], "eval_accuracy": accuracy["accuracy"]}
+        model_dir = folder / MODEL_SUBDIR
+        trainer.model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        meta.save(folder)
+        mark_complete(folder, stage="rm", rows=len(rows), data_kind=row_kind(rows), pairs=len(pairs.triples),
+                      skipped_equal_scores=pairs.tied, single_response_prompts=pairs.single,
+                      train_loss=result.training_loss, steps=result.global_step,
+                      score_mean=meta.score_mean, score_std=meta.score_std, **held_out)
+    return folder

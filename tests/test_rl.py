@@ -1,0 +1,107 @@
+"""The online RL loop: prompt order, tau partners, log-prob consistency, DVPO end to end, exact resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from dvpo.cli import main
+from dvpo.data.tokenize import encode_prompt
+from dvpo.models.loading import load_tokenizer
+from dvpo.rollout.experience import build_sequences, response_logprobs
+from dvpo.rollout.sampling import sample
+from dvpo.trainers.advantage_sources import tau_partner
+from dvpo.trainers.rl import batch_prompts
+
+
+def test_prompt_batches_cover_each_pass_once_and_are_seeded():
+    prompts = list(range(10))
+    first_pass = [p for step in range(5) for p in batch_prompts(prompts, step, 2, seed=1)]
+    assert sorted(first_pass) == prompts
+    assert batch_prompts(prompts, 7, 3, seed=1) == batch_prompts(prompts, 7, 3, seed=1)
+    assert first_pass != [p for step in range(5) for p in batch_prompts(prompts, step, 2, seed=2)]
+
+
+def test_tau_partner_is_another_prompt():
+    prompts = ["a", "a", "b", "c"]
+    partners = tau_partner(prompts)
+    assert all(prompts[j] != prompts[i] for i, j in enumerate(partners))
+    with pytest.raises(ValueError, match="two distinct prompts"):
+        tau_partner(["a", "a"])
+
+
+def test_batched_left_padded_logprobs_match_single_rows(tiny_model):
+    """Position ids from the attention mask: padding must not change any token's log-prob."""
+    tokenizer = load_tokenizer(str(tiny_model))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    prompts = ["sort 3 1 2", "reverse 9 8 7 6 5 4"]
+    ids = [encode_prompt(tokenizer, p) for p in prompts]
+    torch.manual_seed(0)
+    batch = sample(model, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, max_new_tokens=6)
+    seq = build_sequences(batch)
+    with torch.no_grad():
+        together = response_logprobs(model, seq, temperature=0.7)
+        for i in range(2):
+            alone = build_sequences(type(batch)(
+                batch.prompt_ids[i:i + 1, -len(ids[i]):], batch.prompt_mask[i:i + 1, -len(ids[i]):],
+                batch.response_ids[i:i + 1], batch.response_mask[i:i + 1]))
+            torch.testing.assert_close(response_logprobs(model, alone, temperature=0.7)[0], together[i],
+                                       atol=1e-5, rtol=1e-5)
+    assert (together[seq.response_mask == 0] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_gvm(tiny_model, lab_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rl-gvm") / "gvm"
+    main(["gvm", "--model", str(tiny_model), "--data", str(lab_data["rated"]), "--out", str(out),
+          "--max-steps", "3", "--batch-size", "8", "--learning-rate", "1e-3", "--max-length", "96"])
+    return out
+
+
+def _rl_args(tiny_model, tiny_gvm, lab_data, out, *extra):
+    return ["rl", "--algo", "dvpo", "--policy", str(tiny_model), "--gvm", str(tiny_gvm),
+            "--prompts", str(lab_data["prompts"]), "--out", str(out), "--steps", "4", "--rollout-batch-size", "4",
+            "--mini-batch-size", "2", "--ppo-epochs", "2", "--learning-rate", "1e-3", "--max-new-tokens", "8",
+            "--save-every", "2", *extra]
+
+
+def test_dvpo_runs_logs_and_evaluates(tiny_model, tiny_gvm, lab_data, tmp_path):
+    out = tmp_path / "rl"
+    main(_rl_args(tiny_model, tiny_gvm, lab_data, out, "--eval-prompts", str(lab_data["test_prompts"]),
+                  "--eval-every", "2", "--dvpo-advantage", "difference", "--kl-penalty", "loss"))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for key in ("score", "kl", "kl_coef", "clip_frac", "entropy", "response_length", "value_mean",
+                "time_generation", "time_forward", "time_update", "peak_memory_bytes"):
+        assert key in records[-1], key
+    assert "eval_score" in records[1] and "eval_score" not in records[0]
+    assert (out / "model.safetensors").exists() and (out / "dvpo_complete.json").exists()
+    assert (out / "metrics.png").exists()
+
+
+def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(tiny_model, tiny_gvm, lab_data, tmp_path):
+    full = tmp_path / "full"
+    main(_rl_args(tiny_model, tiny_gvm, lab_data, full))
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full, resumed)
+    # Make the copy look like a run stopped after the step-2 checkpoint.
+    (resumed / "dvpo_complete.json").unlink()
+    (resumed / "model.safetensors").unlink()
+    assert [p.name for p in (resumed / "checkpoints").iterdir()] == ["step-2"]
+    main(_rl_args(tiny_model, tiny_gvm, lab_data, resumed))
+    a = AutoModelForCausalLM.from_pretrained(full).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(resumed).state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=0, rtol=0)
+    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_dvpo_without_gvm_is_a_clear_error(tiny_model, lab_data, tmp_path):
+    with pytest.raises(ValueError, match="--gvm"):
+        main(["rl", "--algo", "dvpo", "--policy", str(tiny_model), "--prompts", str(lab_data["prompts"]),
+              "--out", str(tmp_path / "x"), "--steps", "1"])
