@@ -242,3 +242,13 @@ def test_valid_rows_pass_unchanged(data, kind, extras):
     before = copy.deepcopy(row)
     assert validate_row(row, kind, "gen.jsonl", 1) is row
     assert row == before
+
+
+def test_generated_completions_may_be_empty_but_input_completions_may_not(tmp_path):
+    from dvpo.data.formats import DataError, load_rows
+
+    path = tmp_path / "gen.jsonl"
+    path.write_text('{"prompt": "sort 1 2", "completion": ""}\n')
+    assert load_rows(path, "generations")[0]["completion"] == ""
+    with pytest.raises(DataError, match="gen.jsonl:1: field 'completion'"):
+        load_rows(path, "sft")

@@ -101,7 +101,8 @@ def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(tiny_model, t
     assert steps == [1, 2, 3, 4]
 
 
-def test_dvpo_without_gvm_is_a_clear_error(tiny_model, lab_data, tmp_path):
-    with pytest.raises(ValueError, match="--gvm"):
+def test_dvpo_without_gvm_is_a_clear_error(tiny_model, lab_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
         main(["rl", "--algo", "dvpo", "--policy", str(tiny_model), "--prompts", str(lab_data["prompts"]),
               "--out", str(tmp_path / "x"), "--steps", "1"])
+    assert stop.value.code == 2 and "--algo dvpo needs --gvm" in capsys.readouterr().err

@@ -37,6 +37,7 @@ class Kind:
     required: tuple[str, ...]
     optional: tuple[str, ...] = ()
     alternative: str | None = None
+    may_be_empty: tuple[str, ...] = ()  # a model may legitimately generate an empty response
 
 
 KINDS: dict[str, Kind] = {
@@ -44,7 +45,7 @@ KINDS: dict[str, Kind] = {
     "rated": Kind(("prompt", "completion", "score"), optional=("policy",)),
     "preference": Kind(("prompt", "chosen", "rejected")),
     "prompts": Kind(("prompt",)),
-    "generations": Kind(("prompt", "completion"), optional=("score",)),
+    "generations": Kind(("prompt", "completion"), optional=("score",), may_be_empty=("completion",)),
 }
 
 
@@ -136,7 +137,8 @@ def validate_row(row: Any, kind: str, source: Any = "<rows>", line: int | None =
             if row.get(field) is None:
                 hint = f" (or {spec.alternative!r})" if spec.alternative else ""
                 raise _Problem(field, f"missing; {kind} rows need {', '.join(map(repr, required))}{hint}")
-            _CHECKS[field](row[field], field)
+            if not (field in spec.may_be_empty and row[field] == ""):
+                _CHECKS[field](row[field], field)
         for field in spec.optional:
             if row.get(field) is not None:
                 _CHECKS[field](row[field], field)
