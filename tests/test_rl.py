@@ -106,3 +106,17 @@ def test_dvpo_without_gvm_is_a_clear_error(tiny_model, lab_data, tmp_path, capsy
         main(["rl", "--algo", "dvpo", "--policy", str(tiny_model), "--prompts", str(lab_data["prompts"]),
               "--out", str(tmp_path / "x"), "--steps", "1"])
     assert stop.value.code == 2 and "--algo dvpo needs --gvm" in capsys.readouterr().err
+
+
+def test_ppo_trains_policy_and_critic_on_the_same_loop(tiny_model, lab_data, tmp_path):
+    rm = tmp_path / "rm"
+    main(["rm", "--model", str(tiny_model), "--data", str(lab_data["rated"]), "--out", str(rm), "--max-steps", "2",
+          "--batch-size", "4", "--learning-rate", "1e-3", "--max-length", "64"])
+    out = tmp_path / "ppo"
+    main(["rl", "--algo", "ppo", "--policy", str(tiny_model), "--reward-model", str(rm),
+          "--prompts", str(lab_data["prompts"]), "--out", str(out), "--steps", "2", "--rollout-batch-size", "4",
+          "--mini-batch-size", "2", "--ppo-epochs", "1", "--learning-rate", "1e-3", "--max-new-tokens", "8"])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for key in ("reward_mean", "value_mean", "value_loss", "value_clip_frac", "kl", "score"):
+        assert key in records[-1], key
+    assert (out / "dvpo_complete.json").exists()

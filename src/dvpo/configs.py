@@ -191,6 +191,7 @@ class RlConfig:
     learning_rate: float = option(2e-6, help="policy learning rate (paper: 2e-6)")
     critic_learning_rate: float | None = option(None, help="ppo: critic learning rate (default: --learning-rate)")
     max_new_tokens: int = option(64, help="longest response")
+    min_new_tokens: int = option(0, help="suppress eos before this many tokens (benchmarks use it for fixed lengths)")
     temperature: float = option(1.0, help="sampling temperature (log-probs use the same temperature)")
     top_p: float = option(1.0, help="nucleus sampling threshold")
     clip_eps: float = option(0.2, help="PPO ratio clip")

@@ -22,7 +22,7 @@ class SampledBatch:
 @torch.no_grad()
 def sample(model, prompt_id_lists: list[list[int]], pad_token_id: int, eos_token_id: int,
            max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-           num_samples: int = 1) -> SampledBatch:
+           num_samples: int = 1, min_new_tokens: int = 0) -> SampledBatch:
     """Sample `num_samples` responses per prompt (rows prompt-major); temperature 0 is greedy."""
     device = next(model.parameters()).device
     prompt_ids = pad_sequences(prompt_id_lists, pad_token_id, side="left").to(device)
@@ -36,6 +36,7 @@ def sample(model, prompt_id_lists: list[list[int]], pad_token_id: int, eos_token
         top_p=None if greedy else top_p,
         top_k=None,
         max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens or None,
         num_return_sequences=num_samples,
         pad_token_id=pad_token_id,
         eos_token_id=eos_token_id,

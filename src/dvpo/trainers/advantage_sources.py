@@ -120,7 +120,7 @@ class PpoSource:
         rows = unpadded_rows(seq)
         ids = [p + r for p, r in rows]
         device = self.reward_model.device
-        scores = self.reward_model.score_ids(pad_sequences(ids, self.reward_model.pad_token_id).to(device),
+        scores = self.reward_model.score_ids(pad_sequences(ids, self.reward_model.tokenizer.pad_token_id).to(device),
                                              pad_sequences([[1] * len(x) for x in ids], 0).to(device))
         mask = seq.response_mask
         scores = scores.to(mask.device).float()

@@ -142,7 +142,8 @@ def rl_step(cfg, step, policy, reference, source, optimizer, critic_optimizer, c
     batch_of_prompts = batch_prompts(prompts, step, cfg.rollout_batch_size, cfg.seed)
     policy.eval()
     sampled = sample(policy, [encode_prompt(tokenizer, p) for p in batch_of_prompts], tokenizer.pad_token_id,
-                     tokenizer.eos_token_id, cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+                     tokenizer.eos_token_id, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                     min_new_tokens=cfg.min_new_tokens)
     seq = build_sequences(sampled)
     texts = [t.strip() for t in tokenizer.batch_decode(seq.response_ids, skip_special_tokens=True)]
     timings["time_generation"] = time.perf_counter() - started

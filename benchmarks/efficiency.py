@@ -1,0 +1,169 @@
+"""DVPO vs PPO per RL step: peak memory and seconds per step, same model size, batch and settings, one run.
+
+Each algorithm runs `dvpo rl` (the real loop) in its own subprocess, so each peak memory
+reading is that algorithm's alone: process peak RSS on CPU, CUDA max allocated on a GPU.
+Seconds per step are the median over the steps after the warm-up, with the time split.
+Models are freshly initialised (speed and memory do not depend on training).
+
+    python benchmarks/efficiency.py --size medium --output benchmarks/results/efficiency_medium.json
+    python benchmarks/efficiency.py --peer tiny --output benchmarks/results/efficiency_peer_tiny.json
+
+`--peer tiny|small` uses the settings of shared/notes/peer-timings.md (TRL on this kind of
+machine): Llama of hidden 256/4 layers or 512/8 layers, vocab 2978, 8 prompts of exactly 16
+tokens, 32 new tokens, 1 PPO epoch, 1 minibatch, lr 1e-5, fixed KL coefficient 0.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+PEER = {  # hidden, layers, heads, intermediate; TRL's figures are in shared/notes/peer-timings.md
+    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=688),
+    "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=1376),
+}
+PEER_TRL_PPO_SECONDS = {"tiny": 1.04, "small": 3.34}
+PEER_TRL_PPO_PEAK_MB = {"tiny": 742, "small": 1798}
+
+
+def build_models(work: Path, args) -> dict[str, str]:
+    """A policy, a GVM and a reward model of the same size, all freshly initialised."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from dvpo.lab.make_data import make_lab_data
+    from dvpo.models.init import MODEL_SIZES
+    from dvpo.models.reward_model import RmMeta, build_reward_model
+    from dvpo.models.tokenizer import train_tokenizer
+    from dvpo.models.value_model import GvmMeta, build_value_model
+
+    data = make_lab_data(work / "data", n_sft=50, n_rated=50, n_rl=200, n_test=10, n_rated_test=10)
+    texts = [json.loads(line)["prompt"] for line in open(data["rated"])]
+    tokenizer = train_tokenizer(texts + ["0 1 2 3 4 5 6 7 8 9 repeat sort reverse"], vocab_size=512)
+    dims = PEER[args.peer] if args.peer else MODEL_SIZES[args.size]
+    config = LlamaConfig(vocab_size=args.vocab or len(tokenizer), max_position_embeddings=512,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=None, tie_word_embeddings=False, **dims)
+    torch.manual_seed(0)
+    policy_dir = work / "policy"
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(pad_token_id=tokenizer.pad_token_id,
+                                               eos_token_id=tokenizer.eos_token_id)
+    model.save_pretrained(policy_dir)
+    tokenizer.save_pretrained(policy_dir)
+    for name, build, meta in (("gvm", build_value_model, GvmMeta(str(policy_dir), False, True, 1.0, 0.0, "batch")),
+                              ("rm", build_reward_model, RmMeta(str(policy_dir), False, 512))):
+        (work / name / "model").mkdir(parents=True)
+        build(str(policy_dir)).save_pretrained(work / name / "model")
+        tokenizer.save_pretrained(work / name / "model")
+        meta.save(work / name)
+    # Prompts of exactly `prompt_tokens` tokens after the chat template (2 role tokens + "repeat" + digits).
+    with open(work / "prompts.jsonl", "w") as f:
+        for i in range(64):  # distinct prompts, so DVPO can draw tau from other prompts of the batch
+            digits = " ".join(str((i + k * (1 + i // 10)) % 10) for k in range(args.prompt_tokens - 3))
+            f.write(json.dumps({"prompt": f"repeat {digits}"}) + "\n")
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"policy": str(policy_dir), "gvm": str(work / "gvm"), "rm": str(work / "rm"),
+            "prompts": str(work / "prompts.jsonl"), "parameters": n_params}
+
+
+def worker(algo: str, models: dict, args) -> dict:
+    """Runs `dvpo rl` in this process and summarises its per-step log."""
+    from dvpo.cli import main
+
+    out = Path(models["policy"]).parent / f"rl-{algo}"
+    source = ["--gvm", models["gvm"]] if algo == "dvpo" else ["--reward-model", models["rm"]]
+    main(["rl", "--algo", algo, "--policy", models["policy"], "--prompts", models["prompts"], "--out", str(out),
+          *source, "--steps", str(args.warmup + args.steps), "--rollout-batch-size", str(args.batch),
+          "--mini-batch-size", str(args.mini_batch), "--ppo-epochs", str(args.ppo_epochs),
+          "--learning-rate", str(args.lr), "--kl-coef", str(args.kl_coef), "--kl-target", "0",
+          "--max-new-tokens", str(args.new_tokens), "--min-new-tokens", str(args.new_tokens),
+          "--save-every", "100000", "--dtype", args.dtype, "--overwrite"])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][args.warmup:]
+    median = lambda key: statistics.median(r[key] for r in records)  # noqa: E731
+    return {"seconds_per_step": median("time_step"), "time_generation": median("time_generation"),
+            "time_forward": median("time_forward"), "time_update": median("time_update"),
+            "response_length": median("response_length"),
+            "peak_memory_bytes": max(r["peak_memory_bytes"] for r in records), "measured_steps": len(records)}
+
+
+def markdown(result: dict) -> str:
+    s = result["settings"]
+    lines = [f"DVPO vs PPO per RL step — {s['model']} ({result['parameters'] / 1e6:.1f}M parameters each), "
+             f"{s['batch']} prompts x {s['new_tokens']} new tokens, {s['ppo_epochs']} PPO epoch(s), "
+             f"{result['device']}, median of {s['steps']} steps after {s['warmup']} warm-up", "",
+             "| | peak memory (MB) | s/step | generation | forward passes | update |", "| --- | --- | --- | --- | --- | --- |"]
+    for algo in ("dvpo", "ppo"):
+        r = result[algo]
+        lines.append(f"| {algo.upper()} | {r['peak_memory_bytes'] / 2**20:.0f} | {r['seconds_per_step']:.3f} | "
+                     f"{r['time_generation']:.3f} | {r['time_forward']:.3f} | {r['time_update']:.3f} |")
+    ratio = result["ratio"]
+    lines.append(f"| DVPO / PPO | {ratio['peak_memory']:.2f}x | {ratio['seconds_per_step']:.2f}x | | | |")
+    if "peer_trl_ppo" in result:
+        peer = result["peer_trl_ppo"]
+        lines.append(f"| TRL PPO (peer note) | {peer['peak_memory_mb']} | {peer['seconds_per_step']} | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="medium", choices=["tiny", "small", "medium"])
+    parser.add_argument("--peer", choices=sorted(PEER), help="the peer-timing settings instead of --size")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--mini-batch", type=int, default=None, help="default: the whole batch (one minibatch)")
+    parser.add_argument("--ppo-epochs", type=int, default=1)
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--vocab", type=int, default=None, help="model vocabulary (peer settings: 2978)")
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--kl-coef", type=float, default=0.05)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--output", required=True, help="JSON path; the markdown table goes next to it (.md)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--models", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peer and args.vocab is None:
+        args.vocab = 2978
+    args.mini_batch = args.mini_batch or args.batch
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args.worker, json.loads(args.models), args)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        models = build_models(Path(tmp), args)
+        result = {"settings": {"model": f"peer-{args.peer}" if args.peer else args.size, "batch": args.batch,
+                               "mini_batch": args.mini_batch, "ppo_epochs": args.ppo_epochs,
+                               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+                               "steps": args.steps, "warmup": args.warmup, "lr": args.lr, "kl_coef": args.kl_coef},
+                  "parameters": models["parameters"],
+                  "device": torch.cuda.get_device_name() if torch.cuda.is_available()
+                  else f"CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"}
+        for algo in ("dvpo", "ppo"):
+            proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", algo,
+                                   "--models", json.dumps(models)], capture_output=True, text=True)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                sys.exit(f"{algo} worker failed:\n{proc.stderr[-3000:]}")
+            result[algo] = json.loads(lines[-1][len("RESULT "):])
+    result["ratio"] = {"peak_memory": result["dvpo"]["peak_memory_bytes"] / result["ppo"]["peak_memory_bytes"],
+                       "seconds_per_step": result["dvpo"]["seconds_per_step"] / result["ppo"]["seconds_per_step"]}
+    if args.peer:
+        result["peer_trl_ppo"] = {"seconds_per_step": PEER_TRL_PPO_SECONDS[args.peer],
+                                  "peak_memory_mb": PEER_TRL_PPO_PEAK_MB[args.peer]}
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2))
+    output.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
