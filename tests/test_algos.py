@@ -552,3 +552,15 @@ def test_dpo_loss_by_hand():
     lsig = lambda z: -math.log(1 + math.exp(-z))  # noqa: E731
     exp_ls = sum(-(0.9) * lsig(h) - 0.1 * lsig(-h) for h in (h1, h2)) / 2
     assert ls.item() == pytest.approx(exp_ls, rel=1e-6)
+
+
+def test_prompt_relative_scores_by_hand():
+    from dvpo.algos.td import prompt_relative_scores
+
+    scores, std = prompt_relative_scores([1.0, 3.0, 10.0, 14.0, 5.0], ["a", "a", "b", "b", "c"])
+    centred = [-1.0, 1.0, -2.0, 2.0, 0.0]
+    expected_std = (sum(c * c for c in centred) / 5) ** 0.5
+    assert std == pytest.approx(expected_std)
+    assert scores.tolist() == pytest.approx([c / expected_std for c in centred])
+    with pytest.raises(ValueError, match="groups"):
+        prompt_relative_scores([1.0], ["a", "b"])

@@ -100,8 +100,8 @@ class GvmConfig:
     td_lambda: float = option(0.0, help="lambda of the TD target: 0 is the paper's TD(0), 1 the Monte-Carlo return")
     value_normalization: str = option("batch", help="the paper's batch normalisation of predicted values, or none",
                                       choices=["batch", "none"])
-    score_normalization: str = option("zscore", help="standardise skewed offline scores before learning, or none",
-                                      choices=["zscore", "none"])
+    score_normalization: str = option("zscore", help="standardise skewed offline scores (zscore), centre them on "
+                                      "their prompt's mean (prompt), or none", choices=["zscore", "prompt", "none"])
     epochs: float = option(1.0, help="training epochs")
     max_steps: int = option(-1, help="stop after this many optimizer steps (-1: run all epochs)")
     learning_rate: float = option(2e-6, help="peak learning rate (paper: 2e-6)")

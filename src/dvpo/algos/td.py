@@ -206,3 +206,24 @@ def normalize_scores(
     if not s.is_floating_point():
         s = s.to(torch.get_default_dtype())
     return (s - mean) / std
+
+
+def prompt_relative_scores(scores: Sequence[float], groups: Sequence, min_std: float = 1e-6) -> tuple[torch.Tensor, float]:
+    """Scores centred on their prompt's mean and scaled by the std of the centred scores.
+
+    Offline rated data usually has several responses per prompt, and much of the score
+    variance is between prompts (some prompts are simply easier). A value model that must also
+    predict that spends its capacity on prompt difficulty; centring per prompt leaves the
+    within-prompt differences that pairwise accuracy and policy improvement depend on (a
+    prompt-level baseline). A prompt with a single response gets 0. Returns (scores, std).
+    """
+    s = torch.as_tensor(scores, dtype=torch.float64).reshape(-1)
+    if s.numel() != len(groups):
+        raise ValueError(f"{s.numel()} scores but {len(groups)} groups")
+    index = {}
+    ids = torch.tensor([index.setdefault(g, len(index)) for g in groups], dtype=torch.long)
+    sums = torch.zeros(len(index), dtype=torch.float64).index_add_(0, ids, s)
+    counts = torch.zeros(len(index), dtype=torch.float64).index_add_(0, ids, torch.ones_like(s))
+    centred = s - (sums / counts)[ids]
+    std = max(float(centred.std(correction=0)), float(min_std))
+    return centred / std, std

@@ -16,8 +16,8 @@ from datasets import Dataset
 from transformers import Trainer
 
 from dvpo.algos.masked import masked_mean
-from dvpo.algos.td import (last_token_rewards, moments_std, normalize_scores, score_normalizer,
-                           td_lambda_targets, update_moments, value_normalization)
+from dvpo.algos.td import (last_token_rewards, moments_std, normalize_scores, prompt_relative_scores,
+                           score_normalizer, td_lambda_targets, update_moments, value_normalization)
 from dvpo.config import save_config
 from dvpo.configs import GvmConfig
 from dvpo.data.collate import pad_sequences
@@ -108,9 +108,14 @@ def run_gvm(cfg: GvmConfig) -> Path:
     ensure_pad_token(tokenizer)
     rows = load_rows(cfg.data, "rated", split=cfg.split)
     features = gvm_features(rows, tokenizer, cfg.max_length, cfg.tau == "policy", cfg.seed, source=cfg.data)
-    score_mean, score_std = score_normalizer([f["score"] for f in features]) \
-        if cfg.score_normalization == "zscore" else (0.0, 1.0)
-    scores = normalize_scores([f["score"] for f in features], score_mean, score_std).tolist()
+    raw_scores = [f["score"] for f in features]
+    if cfg.score_normalization == "prompt":
+        normalized, score_std = prompt_relative_scores(raw_scores, [repr(r["prompt"]) for r in rows])
+        score_mean = 0.0
+    else:
+        score_mean, score_std = score_normalizer(raw_scores) if cfg.score_normalization == "zscore" else (0.0, 1.0)
+        normalized = normalize_scores(raw_scores, score_mean, score_std)
+    scores = normalized.tolist()
     for feature, score in zip(features, scores):
         feature["score"] = score
     collator = GvmCollator(tokenizer.pad_token_id)
