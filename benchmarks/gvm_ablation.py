@@ -1,4 +1,4 @@
-"""GVM ablation on the lab: tau on/off, td-lambda 0/1, value normalisation on/off, same data and seed.
+"""GVM ablation on the lab: tau on/off, td-lambda 0/1, value and score normalisation, same data and seed.
 
 Uses the data and SFT model of a finished `dvpo demo` folder, trains one GVM per variant with the
 same budget, and writes the Appendix C accuracy of each as markdown and JSON.
@@ -18,13 +18,14 @@ from dvpo.eval.gvm_accuracy import AGGREGATIONS, evaluate_gvm
 from dvpo.trainers.gvm import run_gvm
 from dvpo.trainers.common import setup_logging
 
-VARIANTS = {  # name: (tau, td_lambda, value_normalization)
-    "paper: tau, TD(0), batch-norm": ("policy", 0.0, "batch"),
-    "tau, TD(0), no norm": ("policy", 0.0, "none"),
-    "tau, MC (lambda 1), batch-norm": ("policy", 1.0, "batch"),
-    "tau, MC (lambda 1), no norm": ("policy", 1.0, "none"),
-    "no tau, MC (lambda 1), no norm": ("none", 1.0, "none"),
-    "no tau, TD(0), batch-norm": ("none", 0.0, "batch"),
+VARIANTS = {  # name: (tau, td_lambda, value_normalization, score_normalization)
+    "paper: tau, TD(0), batch-norm": ("policy", 0.0, "batch", "zscore"),
+    "tau, TD(0), no norm": ("policy", 0.0, "none", "zscore"),
+    "tau, MC (lambda 1), batch-norm": ("policy", 1.0, "batch", "zscore"),
+    "tau, MC (lambda 1), no norm (demo)": ("policy", 1.0, "none", "zscore"),
+    "tau, MC (lambda 1), no norm, prompt-relative scores": ("policy", 1.0, "none", "prompt"),
+    "no tau, MC (lambda 1), no norm": ("none", 1.0, "none", "zscore"),
+    "no tau, TD(0), batch-norm": ("none", 0.0, "batch", "zscore"),
 }
 
 
@@ -39,11 +40,12 @@ def main() -> None:
     setup_logging()
     demo, work = Path(args.demo), Path(args.output).with_suffix("")
     results = {}
-    for index, (name, (tau, lam, norm)) in enumerate(VARIANTS.items()):
+    for index, (name, (tau, lam, norm, scores)) in enumerate(VARIANTS.items()):
         started = time.perf_counter()
         out = work / f"variant{index}"
         run_gvm(GvmConfig(model=str(demo / "sft"), data=str(demo / "data" / "rated.jsonl"), out=str(out),
-                          tau=tau, td_lambda=lam, value_normalization=norm, epochs=args.epochs,
+                          tau=tau, td_lambda=lam, value_normalization=norm, score_normalization=scores,
+                          epochs=args.epochs,
                           learning_rate=args.learning_rate, warmup_steps=20, batch_size=32, max_length=96,
                           logging_steps=50, save_steps=100000, seed=args.seed, overwrite=True))
         result = evaluate_gvm(str(out), str(demo / "data" / "rated_test.jsonl"), seed=args.seed)

@@ -42,10 +42,16 @@ def _base_type(annotation) -> tuple[type, bool]:
     return annotation, False
 
 
+def _has_default(field) -> bool:
+    return field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+
+
 def build_parser(parser: argparse.ArgumentParser, config_cls: type) -> None:
     parser.add_argument("--config", help="YAML file of options (keys as below, dashes or underscores); "
                         "command-line options override it")
-    for field in dataclasses.fields(config_cls):
+    # Required options first, then the rest in declaration order (a stage's own before shared ones).
+    fields = sorted(dataclasses.fields(config_cls), key=lambda f: (_has_default(f), f.name not in config_cls.__annotations__))
+    for field in fields:
         kind, is_list = _base_type(field.type)
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
         default = None if required else (field.default_factory() if field.default_factory is not dataclasses.MISSING

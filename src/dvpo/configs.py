@@ -31,23 +31,17 @@ class InitConfig:
     seed: int = option(0, help="seed of the weight initialisation")
 
 
-@dataclass
-class SftConfig:
-    model: str = option(help="model folder or Hub id to fine-tune")
-    data: str = option(help="sft data: JSONL file, datasets folder, or Hub name")
-    out: str = option(help="output folder; re-running resumes from its last checkpoint")
+@dataclass(kw_only=True)
+class OfflineTrainingOptions:
+    """Options every offline stage (sft, gvm, rm) shares; each stage adds its data and its defaults."""
+
     split: str = option("train", help="split, for datasets folders and Hub datasets")
-    epochs: float = option(3.0, help="training epochs (paper: 3)")
     max_steps: int = option(-1, help="stop after this many optimizer steps (-1: run all epochs)")
-    learning_rate: float = option(2e-5, help="peak learning rate (paper: 2e-5, cosine decay)")
-    warmup_steps: int = option(2, help="linear warm-up steps (paper: 2)")
-    batch_size: int = option(16, help="rows per device per step (paper: 16)")
     gradient_accumulation_steps: int = option(1, help="micro-batches per optimizer step")
-    max_length: int = option(512, help="longest row in tokens; longer rows are truncated (counted in the log)")
     weight_decay: float = option(0.0, help="AdamW weight decay")
-    lora_r: int = option(0, help="LoRA rank; 0 trains all weights")
-    lora_alpha: int = option(32, help="LoRA alpha")
-    lora_dropout: float = option(0.1, help="LoRA dropout")
+    lora_r: int = option(0, help="LoRA rank; 0 trains all weights (paper: 8 for the RM and the GVM)")
+    lora_alpha: int = option(32, help="LoRA alpha (paper: 32)")
+    lora_dropout: float = option(0.1, help="LoRA dropout (paper: 0.1)")
     gradient_checkpointing: bool = option(False, help="trade compute for activation memory")
     dtype: str = option("auto", help="weights dtype (auto: bf16 on a capable GPU, else fp32)", choices=DTYPE_CHOICES)
     logging_steps: int = option(10, help="log every N steps")
@@ -56,6 +50,18 @@ class SftConfig:
     report_to: str = option("none", help="also log to: none, tensorboard or wandb")
     seed: int = option(0, help="seed")
     overwrite: bool = option(False, help="start afresh even if --out holds a run")
+
+
+@dataclass(kw_only=True)
+class SftConfig(OfflineTrainingOptions):
+    model: str = option(help="model folder or Hub id to fine-tune")
+    data: str = option(help="sft data: JSONL file, datasets folder, or Hub name")
+    out: str = option(help="output folder; re-running resumes from its last checkpoint")
+    epochs: float = option(3.0, help="training epochs (paper: 3)")
+    learning_rate: float = option(2e-5, help="peak learning rate (paper: 2e-5, cosine decay)")
+    warmup_steps: int = option(2, help="linear warm-up steps (paper: 2)")
+    batch_size: int = option(16, help="rows per device per step (paper: 16)")
+    max_length: int = option(512, help="longest row in tokens; longer rows are truncated (counted in the log)")
 
 
 @dataclass
@@ -88,12 +94,11 @@ class DemoConfig:
     overwrite: bool = option(False, help="start afresh instead of reusing finished stages in --out")
 
 
-@dataclass
-class GvmConfig:
+@dataclass(kw_only=True)
+class GvmConfig(OfflineTrainingOptions):
     model: str = option(help="causal LM to initialise the value model from (the paper: the SFT model)")
     data: str = option(help="rated data: prompt, completion, score, optional policy")
     out: str = option(help="output folder; re-running resumes from its last checkpoint")
-    split: str = option("train", help="split, for datasets folders and Hub datasets")
     tau: str = option("policy", help="policy conditioning: another response of the same policy, or none",
                       choices=["policy", "none"])
     gamma: float = option(1.0, help="discount")
@@ -103,25 +108,11 @@ class GvmConfig:
     score_normalization: str = option("zscore", help="standardise skewed offline scores (zscore), centre them on "
                                       "their prompt's mean (prompt), or none", choices=["zscore", "prompt", "none"])
     epochs: float = option(1.0, help="training epochs")
-    max_steps: int = option(-1, help="stop after this many optimizer steps (-1: run all epochs)")
     learning_rate: float = option(2e-6, help="peak learning rate (paper: 2e-6)")
     warmup_steps: int = option(0, help="linear warm-up steps")
     batch_size: int = option(32, help="rows per device per step (paper: 32)")
-    gradient_accumulation_steps: int = option(1, help="micro-batches per optimizer step")
     max_length: int = option(1024, help="longest [tau; prompt; response] in tokens; tau is cut first (paper: 1024)")
-    weight_decay: float = option(0.0, help="AdamW weight decay")
-    lora_r: int = option(0, help="LoRA rank; 0 trains all weights (paper: 8)")
-    lora_alpha: int = option(32, help="LoRA alpha (paper: 32)")
-    lora_dropout: float = option(0.1, help="LoRA dropout (paper: 0.1)")
-    gradient_checkpointing: bool = option(False, help="trade compute for activation memory")
-    dtype: str = option("auto", help="weights dtype", choices=DTYPE_CHOICES)
     stats_rows: int = option(2000, help="training rows scored after training for the stored value statistics")
-    logging_steps: int = option(10, help="log every N steps")
-    save_steps: int = option(200, help="checkpoint every N steps")
-    save_total_limit: int = option(2, help="checkpoints kept")
-    report_to: str = option("none", help="also log to: none, tensorboard or wandb")
-    seed: int = option(0, help="seed of tau sampling, shuffling and initialisation")
-    overwrite: bool = option(False, help="start afresh even if --out holds a run")
 
 
 @dataclass
@@ -143,34 +134,19 @@ class GvmTokensConfig:
     seed: int = option(0, help="seed of tau sampling")
 
 
-@dataclass
-class RmConfig:
+@dataclass(kw_only=True)
+class RmConfig(OfflineTrainingOptions):
     model: str = option(help="causal LM to initialise the reward model from (the paper: the SFT model)")
     data: str = option(help="rated data (pairs of better vs worse responses per prompt) or preference data")
     out: str = option(help="output folder; re-running resumes from its last checkpoint")
     eval_data: str | None = option(None, help="held-out rated or preference data for pairwise accuracy")
-    split: str = option("train", help="split, for datasets folders and Hub datasets")
     pairs: str = option("all", help="from rated data: every pair with different scores, or best vs worst",
                         choices=["all", "best-worst"])
     epochs: float = option(2.0, help="training epochs (paper: 2)")
-    max_steps: int = option(-1, help="stop after this many optimizer steps (-1: run all epochs)")
     learning_rate: float = option(2e-5, help="peak learning rate (paper: 2e-5, linear decay)")
     warmup_steps: int = option(0, help="linear warm-up steps")
     batch_size: int = option(4, help="pairs per device per step (paper: 4)")
-    gradient_accumulation_steps: int = option(1, help="micro-batches per optimizer step")
     max_length: int = option(1024, help="longest prompt+response in tokens")
-    weight_decay: float = option(0.0, help="AdamW weight decay")
-    lora_r: int = option(0, help="LoRA rank; 0 trains all weights (paper: 8)")
-    lora_alpha: int = option(32, help="LoRA alpha (paper: 32)")
-    lora_dropout: float = option(0.1, help="LoRA dropout (paper: 0.1)")
-    gradient_checkpointing: bool = option(False, help="trade compute for activation memory")
-    dtype: str = option("auto", help="weights dtype", choices=DTYPE_CHOICES)
-    logging_steps: int = option(10, help="log every N steps")
-    save_steps: int = option(200, help="checkpoint every N steps")
-    save_total_limit: int = option(2, help="checkpoints kept")
-    report_to: str = option("none", help="also log to: none, tensorboard or wandb")
-    seed: int = option(0, help="seed")
-    overwrite: bool = option(False, help="start afresh even if --out holds a run")
 
 
 @dataclass
