@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -88,7 +89,10 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 def run_rl(cfg: RlConfig) -> Path:
     folder, _ = prepare_run_dir(cfg.out, cfg.overwrite)
     save_config(cfg, folder / "dvpo_config.yaml")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=None)
+    trackers = None if cfg.report_to == "none" else [cfg.report_to]
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers, project_dir=str(folder))
+    if trackers:
+        accelerator.init_trackers("dvpo-rl", config=asdict(cfg))
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.policy)
     ensure_pad_token(tokenizer)
@@ -119,6 +123,8 @@ def run_rl(cfg: RlConfig) -> Path:
             record.update(evaluator.evaluate(policy, tokenizer, cfg, accelerator.device))
         with open(metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        if trackers:
+            accelerator.log(record, step=step + 1)
         progress.set_postfix({k: round(record[k], 3) for k in ("score", "kl", "eval_score") if k in record})
         if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
             raise FloatingPointError(f"non-finite metric at step {step}: {record}; "
@@ -131,6 +137,8 @@ def run_rl(cfg: RlConfig) -> Path:
 
     plot_metrics(metrics_path, ("score", "eval_score", "reward_mean", "kl", "kl_coef", "entropy",
                                 "response_length", "clip_frac"), folder / "metrics.png")
+    if trackers:
+        accelerator.end_training()
     mark_complete(folder, stage="rl", algo=cfg.algo, steps=cfg.steps)
     return folder
 
