@@ -108,15 +108,45 @@ def test_dvpo_without_gvm_is_a_clear_error(tiny_model, lab_data, tmp_path, capsy
     assert stop.value.code == 2 and "--algo dvpo needs --gvm" in capsys.readouterr().err
 
 
-def test_ppo_trains_policy_and_critic_on_the_same_loop(tiny_model, lab_data, tmp_path):
-    rm = tmp_path / "rm"
-    main(["rm", "--model", str(tiny_model), "--data", str(lab_data["rated"]), "--out", str(rm), "--max-steps", "2",
+@pytest.fixture(scope="module")
+def tiny_rm(tiny_model, lab_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rl-rm") / "rm"
+    main(["rm", "--model", str(tiny_model), "--data", str(lab_data["rated"]), "--out", str(out), "--max-steps", "2",
           "--batch-size", "4", "--learning-rate", "1e-3", "--max-length", "64"])
-    out = tmp_path / "ppo"
-    main(["rl", "--algo", "ppo", "--policy", str(tiny_model), "--reward-model", str(rm),
+    return out
+
+
+def _run_reward_algo(algo, tiny_model, tiny_rm, lab_data, out, *extra):
+    main(["rl", "--algo", algo, "--policy", str(tiny_model), "--reward-model", str(tiny_rm),
           "--prompts", str(lab_data["prompts"]), "--out", str(out), "--steps", "2", "--rollout-batch-size", "4",
-          "--mini-batch-size", "2", "--ppo-epochs", "1", "--learning-rate", "1e-3", "--max-new-tokens", "8"])
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+          "--mini-batch-size", "2", "--ppo-epochs", "1", "--learning-rate", "1e-3", "--max-new-tokens", "8", *extra])
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_ppo_trains_policy_and_critic_on_the_same_loop(tiny_model, tiny_rm, lab_data, tmp_path):
+    records = _run_reward_algo("ppo", tiny_model, tiny_rm, lab_data, tmp_path / "ppo")
     for key in ("reward_mean", "value_mean", "value_loss", "value_clip_frac", "kl", "score"):
         assert key in records[-1], key
-    assert (out / "dvpo_complete.json").exists()
+    assert (tmp_path / "ppo" / "dvpo_complete.json").exists()
+
+
+def test_remax_scores_a_greedy_baseline(tiny_model, tiny_rm, lab_data, tmp_path):
+    records = _run_reward_algo("remax", tiny_model, tiny_rm, lab_data, tmp_path / "remax")
+    assert {"reward_mean", "greedy_reward_mean", "clip_frac"} <= set(records[-1])
+    assert "value_loss" not in records[-1]  # no critic
+
+
+def test_grpo_samples_groups_and_checks_the_batch(tiny_model, tiny_rm, lab_data, tmp_path, capsys):
+    records = _run_reward_algo("grpo", tiny_model, tiny_rm, lab_data, tmp_path / "grpo", "--group-size", "2")
+    assert "reward_mean" in records[-1] and len(records) == 2
+    with pytest.raises(SystemExit):
+        _run_reward_algo("grpo", tiny_model, tiny_rm, lab_data, tmp_path / "bad", "--group-size", "3")
+    assert "multiple of --group-size 3" in capsys.readouterr().err
+
+
+def test_grpo_prompts_are_prompt_major_groups():
+    from dvpo.algos.advantages import group_normalized_advantages
+
+    # Two prompts x two samples, as the loop lays them out: rewards normalise within each pair.
+    advantages = group_normalized_advantages(torch.tensor([1.0, 3.0, 10.0, 10.0]), 2)
+    assert advantages[0] < 0 < advantages[1] and advantages[2] == advantages[3] == 0

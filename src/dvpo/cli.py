@@ -29,7 +29,7 @@ STAGES: dict[tuple[str, ...], tuple[type, str, str]] = {
     ("rm",): (configs.RmConfig, "dvpo.trainers.rm:run_rm",
               "train a reward model (sequence score, Bradley-Terry loss) on rated or preference pairs"),
     ("rl",): (configs.RlConfig, "dvpo.trainers.rl:run_rl",
-              "online RL on one loop: DVPO (frozen GVM) or PPO (reward model + critic)"),
+              "online RL on one loop: DVPO (frozen GVM), PPO (reward model + critic), ReMax or GRPO"),
     ("eval", "gvm"): (configs.GvmEvalConfig, "dvpo.eval.gvm_accuracy:run_eval_gvm",
                       "GVM pairwise accuracy on held-out rated data (the paper's Appendix C)"),
     ("eval", "gvm-tokens"): (configs.GvmTokensConfig, "dvpo.eval.gvm_tokens:run_gvm_tokens",

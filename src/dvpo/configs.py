@@ -151,17 +151,18 @@ class RmConfig(OfflineTrainingOptions):
 
 @dataclass
 class RlConfig:
-    algo: str = option(help="advantage source: dvpo (frozen GVM) or ppo (reward model + critic)",
-                       choices=["dvpo", "ppo"])
+    algo: str = option(help="advantage source: dvpo (frozen GVM), ppo (reward model + critic), remax (greedy "
+                       "baseline) or grpo (group-normalised rewards)", choices=["dvpo", "ppo", "remax", "grpo"])
     policy: str = option(help="SFT model folder or Hub id to train")
     prompts: str = option(help="RL prompts: JSONL file, datasets folder, or Hub name")
     out: str = option(help="output folder; re-running resumes from its last checkpoint")
     split: str = option("train", help="split, for datasets folders and Hub datasets")
     gvm: str | None = option(None, help="dvpo: GVM folder from `dvpo gvm`")
-    reward_model: str | None = option(None, help="ppo: reward model folder from `dvpo rm`")
+    reward_model: str | None = option(None, help="ppo, remax, grpo: reward model folder from `dvpo rm`")
     critic_init: str | None = option(None, help="ppo: critic initialisation (default: the reward model's backbone)")
     steps: int = option(100, help="RL steps (one rollout batch each)")
-    rollout_batch_size: int = option(8, help="prompts per step (paper: 8)")
+    rollout_batch_size: int = option(8, help="samples per step (paper: 8); grpo draws them as prompts x group size")
+    group_size: int = option(4, help="grpo: samples per prompt")
     mini_batch_size: int = option(2, help="samples per PPO minibatch (paper: 2)")
     ppo_epochs: int = option(4, help="passes over each rollout batch (paper: 4)")
     learning_rate: float = option(2e-6, help="policy learning rate (paper: 2e-6)")

@@ -1,11 +1,13 @@
-"""The one place where DVPO and PPO differ: where the per-token advantages come from.
+"""The one place where the RL algorithms differ: where the per-token advantages come from.
 
-Both sources take the same rollout (sequences, per-token KL to the reference) and return
+Every source takes the same rollout (sequences, per-token KL to the reference) and returns
 advantages for the PPO-clip update; PPO also trains its critic in the same step.
 - DVPO: the frozen GVM's normalised token values (paper), or their token difference.
 - PPO: reward-model score on the last token minus beta*KL per token, GAE over a trained critic
   (gamma 1, lambda 0.95), whitened advantages, clipped value loss — the community recipe of
   "The N+ implementation details of RLHF with PPO" (Huang et al. 2024), as in TRL and OpenRLHF.
+- ReMax (Li et al. 2023): REINFORCE, baseline = the reward of the greedy response to the prompt.
+- GRPO (Shao et al. 2024): G samples per prompt, group-normalised reward; KL as a k3 loss term.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dvpo.algos.advantages import dvpo_difference_advantages, dvpo_value_advantages
+from dvpo.algos.advantages import (broadcast_sequence_advantage, dvpo_difference_advantages, dvpo_value_advantages,
+                                   group_normalized_advantages, remax_advantages)
 from dvpo.algos.masked import masked_mean, masked_whiten
 from dvpo.algos.ppo import clipped_value_loss, gae, per_token_rewards
 from dvpo.data.collate import pad_sequences
 from dvpo.data.tau import conditioned_prompt
 from dvpo.data.tokenize import encode_prompt
-from dvpo.rollout.experience import Sequences, critic_values, unpadded_rows
+from dvpo.rollout.experience import Sequences, build_sequences, critic_values, unpadded_rows
+from dvpo.rollout.sampling import sample
 
 
 @dataclass
@@ -47,10 +51,21 @@ def tau_partner(prompts: list) -> list[int]:
     return partners
 
 
+@torch.no_grad()
+def reward_scores(reward_model, rows: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+    """The reward model's score of each (prompt ids, response ids) row, as a float tensor on the CPU."""
+    ids = [p + r for p, r in rows]
+    device = reward_model.device
+    scores = reward_model.score_ids(pad_sequences(ids, reward_model.tokenizer.pad_token_id).to(device),
+                                    pad_sequences([[1] * len(x) for x in ids], 0).to(device))
+    return scores.float().cpu()
+
+
 class DvpoSource:
     """Advantages from a frozen global value model; nothing is trained here."""
 
     trainable: list = []
+    samples_per_prompt = 1
 
     def __init__(self, gvm, advantage: str, normalization: str, gamma: float, kl_in_reward: bool):
         self.gvm, self.advantage, self.normalization = gvm, advantage, normalization
@@ -108,6 +123,8 @@ class DvpoSource:
 class PpoSource:
     """Reward model on the last token, per-token KL penalty, GAE over a critic trained in the same step."""
 
+    samples_per_prompt = 1
+
     def __init__(self, reward_model, critic, gamma: float, lam: float, value_clip: float, whiten: bool,
                  kl_in_reward: bool):
         self.reward_model, self.critic = reward_model, critic
@@ -117,13 +134,8 @@ class PpoSource:
 
     @torch.no_grad()
     def experience(self, seq: Sequences, prompts: list, texts: list[str], kl: torch.Tensor, kl_coef: float) -> Experience:
-        rows = unpadded_rows(seq)
-        ids = [p + r for p, r in rows]
-        device = self.reward_model.device
-        scores = self.reward_model.score_ids(pad_sequences(ids, self.reward_model.tokenizer.pad_token_id).to(device),
-                                             pad_sequences([[1] * len(x) for x in ids], 0).to(device))
         mask = seq.response_mask
-        scores = scores.to(mask.device).float()
+        scores = reward_scores(self.reward_model, unpadded_rows(seq)).to(mask.device)
         values = critic_values(self.critic, seq)
         rewards = per_token_rewards(scores, kl, mask, kl_coef if self.kl_in_reward else 0.0)
         advantages, returns = gae(values, rewards, mask, self.gamma, self.lam)
@@ -137,3 +149,51 @@ class PpoSource:
         values = critic_values(self.critic, seq)
         loss, clip_frac = clipped_value_loss(values, exp.old_values, exp.returns, seq.response_mask, self.value_clip)
         return loss, {"value_loss": loss.item(), "value_clip_frac": float(clip_frac)}
+
+
+class RemaxSource:
+    """REINFORCE with the greedy response's reward as the baseline (one extra greedy rollout per step)."""
+
+    trainable: list = []
+    samples_per_prompt = 1
+
+    def __init__(self, reward_model, policy, tokenizer, max_new_tokens: int, kl_in_reward: bool):
+        self.reward_model, self.policy, self.tokenizer = reward_model, policy, tokenizer
+        self.max_new_tokens, self.kl_in_reward = max_new_tokens, kl_in_reward
+
+    @torch.no_grad()
+    def experience(self, seq: Sequences, prompts: list, texts: list[str], kl: torch.Tensor, kl_coef: float) -> Experience:
+        rows = unpadded_rows(seq)
+        greedy = sample(self.policy, [p for p, _ in rows], self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
+                        self.max_new_tokens, temperature=0)
+        greedy_rows = unpadded_rows(build_sequences(greedy))
+        mask = seq.response_mask
+        scores = reward_scores(self.reward_model, rows).to(mask.device)
+        greedy_scores = reward_scores(self.reward_model, greedy_rows).to(mask.device)
+        advantages = broadcast_sequence_advantage(remax_advantages(scores, greedy_scores), mask)
+        if self.kl_in_reward:
+            advantages = advantages - kl_coef * kl * mask
+        return Experience(advantages, {"reward_mean": scores.mean().item(),
+                                       "greedy_reward_mean": greedy_scores.mean().item()})
+
+    def value_loss(self, seq: Sequences, exp: Experience):
+        return None, {}
+
+
+class GrpoSource:
+    """Group-normalised rewards of G samples per prompt; the KL enters as a loss term, not here."""
+
+    trainable: list = []
+
+    def __init__(self, reward_model, group_size: int):
+        self.reward_model, self.samples_per_prompt = reward_model, group_size
+
+    @torch.no_grad()
+    def experience(self, seq: Sequences, prompts: list, texts: list[str], kl: torch.Tensor, kl_coef: float) -> Experience:
+        mask = seq.response_mask
+        scores = reward_scores(self.reward_model, unpadded_rows(seq)).to(mask.device)
+        advantages = group_normalized_advantages(scores, self.samples_per_prompt)
+        return Experience(broadcast_sequence_advantage(advantages, mask), {"reward_mean": scores.mean().item()})
+
+    def value_loss(self, seq: Sequences, exp: Experience):
+        return None, {}

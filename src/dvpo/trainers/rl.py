@@ -1,4 +1,4 @@
-"""`dvpo rl`: one online loop for every RL algorithm; only the advantage source differs.
+"""`dvpo rl`: one online loop for every RL algorithm (DVPO, PPO, ReMax, GRPO); only the advantage source differs.
 
 Each step: sample a rollout batch from the policy (KV cache, left padding) -> experience
 (old log-probs, reference log-probs, per-token KL, the source's advantages) -> PPO-clip epochs
@@ -25,18 +25,19 @@ from dvpo.config import ConfigError, save_config
 from dvpo.configs import RlConfig
 from dvpo.data.formats import load_rows
 from dvpo.data.tokenize import encode_prompt, ensure_pad_token
+from dvpo.eval.plots import plot_metrics
 from dvpo.eval.rl_eval import PromptScorer
 from dvpo.models.loading import load_causal_lm, load_tokenizer
 from dvpo.rollout.experience import build_sequences, response_logprobs
 from dvpo.rollout.sampling import sample
-from dvpo.trainers.advantage_sources import DvpoSource, PpoSource
+from dvpo.trainers.advantage_sources import DvpoSource, GrpoSource, PpoSource, RemaxSource
 from dvpo.trainers.rl_state import RlCheckpointer, peak_memory_bytes
 from dvpo.trainers.run_dir import mark_complete, prepare_run_dir
 
 logger = logging.getLogger(__name__)
 
 
-def build_source(cfg: RlConfig, accelerator: Accelerator):
+def build_source(cfg: RlConfig, accelerator: Accelerator, policy, tokenizer):
     kl_in_reward = cfg.kl_penalty == "reward"
     if cfg.algo == "dvpo":
         if not cfg.gvm:
@@ -46,11 +47,18 @@ def build_source(cfg: RlConfig, accelerator: Accelerator):
         gvm = load_value_model(cfg.gvm, device=accelerator.device, dtype=cfg.dtype)
         return DvpoSource(gvm, cfg.dvpo_advantage, cfg.dvpo_normalization, cfg.gamma, kl_in_reward)
     if not cfg.reward_model:
-        raise ConfigError("--algo ppo needs --reward-model (a folder written by `dvpo rm`)")
+        raise ConfigError(f"--algo {cfg.algo} needs --reward-model (a folder written by `dvpo rm`)")
     from dvpo.models.reward_model import load_reward_model
     from dvpo.models.value_model import build_value_model
 
     reward_model = load_reward_model(cfg.reward_model, device=accelerator.device, dtype=cfg.dtype)
+    if cfg.algo == "grpo":
+        if cfg.rollout_batch_size % cfg.group_size:
+            raise ConfigError(f"--rollout-batch-size {cfg.rollout_batch_size} must be a multiple of "
+                              f"--group-size {cfg.group_size}")
+        return GrpoSource(reward_model, cfg.group_size)
+    if cfg.algo == "remax":
+        return RemaxSource(reward_model, policy, tokenizer, cfg.max_new_tokens, kl_in_reward)
     critic_init = cfg.critic_init or _default_critic_init(cfg)
     critic = build_value_model(critic_init, cfg.dtype).to(accelerator.device)
     return PpoSource(reward_model, critic, cfg.gamma, cfg.gae_lambda, cfg.value_clip, cfg.whiten_advantages,
@@ -101,7 +109,7 @@ def run_rl(cfg: RlConfig) -> Path:
         raise ValueError(f"{cfg.prompts}: RL needs at least two prompts")
     policy = load_causal_lm(cfg.policy, cfg.dtype).to(accelerator.device)
     reference = load_causal_lm(cfg.policy, cfg.dtype).to(accelerator.device).eval().requires_grad_(False)
-    source = build_source(cfg, accelerator)
+    source = build_source(cfg, accelerator, policy, tokenizer)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
     critic_optimizer = (torch.optim.AdamW(source.trainable[0].parameters(),
                                           lr=cfg.critic_learning_rate or cfg.learning_rate, eps=1e-5)
@@ -133,8 +141,6 @@ def run_rl(cfg: RlConfig) -> Path:
             checkpointer.save(step + 1, policy, optimizer, source.trainable, critic_optimizer, controller)
     policy.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    from dvpo.eval.plots import plot_metrics
-
     plot_metrics(metrics_path, ("score", "eval_score", "reward_mean", "kl", "kl_coef", "entropy",
                                 "response_length", "clip_frac"), folder / "metrics.png")
     if trackers:
@@ -147,11 +153,13 @@ def rl_step(cfg, step, policy, reference, source, optimizer, critic_optimizer, c
             scorer) -> dict:
     timings = {}
     started = time.perf_counter()
-    batch_of_prompts = batch_prompts(prompts, step, cfg.rollout_batch_size, cfg.seed)
+    group = source.samples_per_prompt
+    unique_prompts = batch_prompts(prompts, step, cfg.rollout_batch_size // group, cfg.seed)
+    batch_of_prompts = [p for p in unique_prompts for _ in range(group)]  # prompt-major, as sampled
     policy.eval()
-    sampled = sample(policy, [encode_prompt(tokenizer, p) for p in batch_of_prompts], tokenizer.pad_token_id,
+    sampled = sample(policy, [encode_prompt(tokenizer, p) for p in unique_prompts], tokenizer.pad_token_id,
                      tokenizer.eos_token_id, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                     min_new_tokens=cfg.min_new_tokens)
+                     num_samples=group, min_new_tokens=cfg.min_new_tokens)
     seq = build_sequences(sampled)
     texts = [t.strip() for t in tokenizer.batch_decode(seq.response_ids, skip_special_tokens=True)]
     timings["time_generation"] = time.perf_counter() - started
@@ -176,7 +184,7 @@ def rl_step(cfg, step, policy, reference, source, optimizer, critic_optimizer, c
             mb_seq, mb_exp = seq.rows(index), experience.rows(index)
             logp, entropy = response_logprobs(policy, mb_seq, cfg.temperature, with_entropy=True)
             loss, stats = ppo_clip_loss(logp, old_logp[index], mb_exp.advantages, mb_seq.response_mask, cfg.clip_eps)
-            if cfg.kl_penalty == "loss":
+            if cfg.kl_penalty == "loss" or cfg.algo == "grpo":
                 loss = loss + controller.value * masked_mean(kl_k3(logp, ref_logp[index]), mb_seq.response_mask)
             value_loss, value_stats = source.value_loss(mb_seq, mb_exp)
             if value_loss is not None:
