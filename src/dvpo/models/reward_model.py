@@ -13,15 +13,16 @@ responses, so the RL stage can normalise rewards).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from dvpo.data.collate import pad_sequences
 from dvpo.data.tokenize import encode_example, ensure_pad_token, truncate
+from dvpo.models.frozen import FrozenScorer, StageMeta
 from dvpo.models.loading import check_model_path, default_device, load_tokenizer, resolve_dtype
 
 RM_META = "dvpo_rm.json"
@@ -46,8 +47,10 @@ def encode_response(tokenizer, prompt, response, max_length: int) -> tuple[list[
 
 
 @dataclass
-class RmMeta:
+class RmMeta(StageMeta):
     """What the RL stage needs to use an RM exactly as it was trained."""
+
+    FILE: ClassVar[str] = RM_META
 
     base_model: str
     lora: bool
@@ -55,25 +58,11 @@ class RmMeta:
     score_mean: float = 0.0  # raw scores of the trained model on training responses
     score_std: float = 1.0
 
-    def save(self, folder: Path) -> None:
-        (folder / RM_META).write_text(json.dumps(self.__dict__, indent=2))
 
-    @classmethod
-    def load(cls, folder: Path) -> "RmMeta":
-        return cls(**json.loads((folder / RM_META).read_text()))
-
-
-class RewardModel:
+class RewardModel(FrozenScorer):
     """A frozen reward model: one scalar score per (prompt, response)."""
 
-    def __init__(self, model, tokenizer, meta: RmMeta):
-        self.model = model.eval().requires_grad_(False)
-        self.tokenizer = tokenizer
-        self.meta = meta
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    meta: RmMeta
 
     def normalize(self, scores: torch.Tensor) -> torch.Tensor:
         """Scores standardised with the training statistics, so rewards have a known scale."""

@@ -11,9 +11,9 @@ A saved GVM folder holds `model/` (full model or adapter, plus the tokenizer) an
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokeni
 from dvpo.data.collate import pad_sequences
 from dvpo.data.tau import conditioned_prompt
 from dvpo.data.tokenize import encode_example, ensure_pad_token, truncate
+from dvpo.models.frozen import FrozenScorer, StageMeta
 from dvpo.models.loading import check_model_path, default_device, resolve_dtype
 
 GVM_META = "dvpo_gvm.json"
@@ -52,8 +53,10 @@ def gather_values(logits: torch.Tensor, starts: torch.Tensor, lengths: torch.Ten
 
 
 @dataclass
-class GvmMeta:
+class GvmMeta(StageMeta):
     """What the policy stage needs to use a GVM exactly as it was trained."""
+
+    FILE: ClassVar[str] = GVM_META
 
     base_model: str
     lora: bool
@@ -66,27 +69,12 @@ class GvmMeta:
     score_mean: float = 0.0             # z-scoring of the offline scores ("none": 0 and 1)
     score_std: float = 1.0
     max_length: int = 512
-    extra: dict = field(default_factory=dict)
-
-    def save(self, folder: Path) -> None:
-        (folder / GVM_META).write_text(json.dumps(self.__dict__, indent=2))
-
-    @classmethod
-    def load(cls, folder: Path) -> "GvmMeta":
-        return cls(**json.loads((folder / GVM_META).read_text()))
 
 
-class GlobalValueModel:
+class GlobalValueModel(FrozenScorer):
     """A frozen, loaded GVM: scores (tau, prompt, response) triples into per-token values."""
 
-    def __init__(self, model, tokenizer, meta: GvmMeta):
-        self.model = model.eval().requires_grad_(False)
-        self.tokenizer = tokenizer
-        self.meta = meta
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    meta: GvmMeta
 
     def normalize(self, values: torch.Tensor) -> torch.Tensor:
         """Raw values mapped with the stored statistics (the paper's normalised Q)."""

@@ -1,0 +1,36 @@
+"""What the frozen scorers (the GVM and the reward model) share: their metadata file and wrapper."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+
+class StageMeta:
+    """Mixin for a dataclass saved as `FILE` beside a trained model: the options it needs to be used as trained."""
+
+    FILE: ClassVar[str]
+
+    def save(self, folder: Path) -> None:
+        (Path(folder) / self.FILE).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, folder: Path):
+        return cls(**json.loads((Path(folder) / cls.FILE).read_text()))
+
+
+class FrozenScorer:
+    """A loaded model in eval mode with gradients off, its tokenizer and its metadata."""
+
+    def __init__(self, model, tokenizer, meta):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.meta = meta
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
