@@ -185,7 +185,8 @@ class RlConfig:
                                  choices=["value", "difference"])
     dvpo_normalization: str = option("batch", help="dvpo: normalise values by the rollout batch or by the GVM's stored statistics",
                                      choices=["batch", "stored"])
-    whiten_advantages: bool = option(True, help="ppo: whiten advantages over the batch")
+    whiten_advantages: str = option("auto", help="whiten advantages over the rollout batch (auto: for ppo only, "
+                                    "as in the N+ details)", choices=["auto", "on", "off"])
     eval_prompts: str | None = option(None, help="held-out prompts scored every --eval-every steps (lab judge when they are lab prompts)")
     eval_every: int = option(10, help="evaluate every N steps (0: only at the end)")
     save_every: int = option(25, help="checkpoint every N steps")

@@ -4,7 +4,7 @@ Every source takes the same rollout (sequences, per-token KL to the reference) a
 advantages for the PPO-clip update; PPO also trains its critic in the same step.
 - DVPO: the frozen GVM's normalised token values (paper), or their token difference.
 - PPO: reward-model score on the last token minus beta*KL per token, GAE over a trained critic
-  (gamma 1, lambda 0.95), whitened advantages, clipped value loss — the community recipe of
+  (gamma 1, lambda 0.95), clipped value loss (the loop whitens its advantages) — the community recipe of
   "The N+ implementation details of RLHF with PPO" (Huang et al. 2024), as in TRL and OpenRLHF.
 - ReMax (Li et al. 2023): REINFORCE, baseline = the reward of the greedy response to the prompt.
 - GRPO (Shao et al. 2024): G samples per prompt, group-normalised reward; KL as a k3 loss term.
@@ -18,7 +18,7 @@ import torch
 
 from dvpo.algos.advantages import (broadcast_sequence_advantage, dvpo_difference_advantages, dvpo_value_advantages,
                                    group_normalized_advantages, remax_advantages)
-from dvpo.algos.masked import masked_mean, masked_whiten
+from dvpo.algos.masked import masked_mean
 from dvpo.algos.ppo import clipped_value_loss, gae, per_token_rewards
 from dvpo.data.collate import pad_sequences
 from dvpo.data.tau import conditioned_prompt
@@ -125,11 +125,10 @@ class PpoSource:
 
     samples_per_prompt = 1
 
-    def __init__(self, reward_model, critic, gamma: float, lam: float, value_clip: float, whiten: bool,
-                 kl_in_reward: bool):
+    def __init__(self, reward_model, critic, gamma: float, lam: float, value_clip: float, kl_in_reward: bool):
         self.reward_model, self.critic = reward_model, critic
         self.trainable = [critic]
-        self.gamma, self.lam, self.value_clip, self.whiten = gamma, lam, value_clip, whiten
+        self.gamma, self.lam, self.value_clip = gamma, lam, value_clip
         self.kl_in_reward = kl_in_reward
 
     @torch.no_grad()
@@ -139,8 +138,6 @@ class PpoSource:
         values = critic_values(self.critic, seq)
         rewards = per_token_rewards(scores, kl, mask, kl_coef if self.kl_in_reward else 0.0)
         advantages, returns = gae(values, rewards, mask, self.gamma, self.lam)
-        if self.whiten:
-            advantages = masked_whiten(advantages, mask)
         return Experience(advantages, {"reward_mean": scores.mean().item(),
                                        "value_mean": masked_mean(values, mask).item()},
                           old_values=values, returns=returns)

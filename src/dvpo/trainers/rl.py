@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from dvpo.algos.masked import masked_mean
+from dvpo.algos.masked import masked_mean, masked_whiten
 from dvpo.algos.ppo import AdaptiveKLController, FixedKLController, kl_k1, kl_k3, ppo_clip_loss
 from dvpo.config import ConfigError, save_config
 from dvpo.configs import RlConfig
@@ -61,8 +61,7 @@ def build_source(cfg: RlConfig, accelerator: Accelerator, policy, tokenizer):
         return RemaxSource(reward_model, policy, tokenizer, cfg.max_new_tokens, kl_in_reward)
     critic_init = cfg.critic_init or _default_critic_init(cfg)
     critic = build_value_model(critic_init, cfg.dtype).to(accelerator.device)
-    return PpoSource(reward_model, critic, cfg.gamma, cfg.gae_lambda, cfg.value_clip, cfg.whiten_advantages,
-                     kl_in_reward)
+    return PpoSource(reward_model, critic, cfg.gamma, cfg.gae_lambda, cfg.value_clip, kl_in_reward)
 
 
 def _default_critic_init(cfg: RlConfig) -> str:
@@ -171,6 +170,8 @@ def rl_step(cfg, step, policy, reference, source, optimizer, critic_optimizer, c
         ref_logp = response_logprobs(reference, seq, cfg.temperature)
     kl = kl_k1(old_logp, ref_logp) * mask
     experience = source.experience(seq, batch_of_prompts, texts, kl, controller.value)
+    if cfg.whiten_advantages == "on" or (cfg.whiten_advantages == "auto" and cfg.algo == "ppo"):
+        experience.advantages = masked_whiten(experience.advantages, mask)
     timings["time_forward"] = time.perf_counter() - started
 
     started = time.perf_counter()
