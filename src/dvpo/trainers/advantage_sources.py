@@ -100,13 +100,12 @@ class DvpoSource:
         q = q * mask
         v_first = values[:, 0].to(mask.device)
         if self.normalization == "stored":
-            q_norm = dvpo_value_advantages(q, mask, mode="stored", mean=self.gvm.meta.value_mean,
-                                           std=self.gvm.meta.value_std)
-            v_first = (v_first - self.gvm.meta.value_mean) / (self.gvm.meta.value_std + 1e-8)
-        else:
-            mean, std = masked_mean(q, mask), masked_mean((q - masked_mean(q, mask)) ** 2, mask).sqrt()
-            q_norm = dvpo_value_advantages(q, mask, mode="batch")
-            v_first = (v_first - mean) / (std + 1e-8)
+            mean, std = self.gvm.meta.value_mean, self.gvm.meta.value_std
+        else:  # the rollout batch's own statistics over its response tokens
+            mean = masked_mean(q, mask)
+            std = masked_mean((q - mean) ** 2, mask).sqrt()
+        q_norm = dvpo_value_advantages(q, mask, mode="stored", mean=mean, std=std)
+        v_first = (v_first - mean) / (std + 1e-8)
         if self.advantage == "difference":
             advantages = dvpo_difference_advantages(q_norm, mask, self.gamma, v_first=v_first)
         else:
