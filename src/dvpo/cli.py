@@ -28,6 +28,8 @@ STAGES: dict[tuple[str, ...], tuple[type, str, str]] = {
                "train the global value model offline by TD on rated data"),
     ("rm",): (configs.RmConfig, "dvpo.trainers.rm:run_rm",
               "train a reward model (sequence score, Bradley-Terry loss) on rated or preference pairs"),
+    ("dpo",): (configs.DpoConfig, "dvpo.trainers.dpo:run_dpo",
+               "direct preference optimisation (TRL's DPOTrainer) on preference or rated pairs"),
     ("rl",): (configs.RlConfig, "dvpo.trainers.rl:run_rl",
               "online RL on one loop: DVPO (frozen GVM), PPO (reward model + critic), ReMax or GRPO"),
     ("eval", "gvm"): (configs.GvmEvalConfig, "dvpo.eval.gvm_accuracy:run_eval_gvm",

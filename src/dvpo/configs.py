@@ -195,3 +195,18 @@ class RlConfig:
     report_to: str = option("none", help="also log to: none, tensorboard or wandb")
     seed: int = option(0, help="seed")
     overwrite: bool = option(False, help="start afresh even if --out holds a run")
+
+
+@dataclass(kw_only=True)
+class DpoConfig(OfflineTrainingOptions):
+    model: str = option(help="SFT model folder or Hub id (also the frozen reference)")
+    data: str = option(help="preference data, or rated data (pairs: best vs worst response per prompt)")
+    out: str = option(help="output folder; re-running resumes from its last checkpoint")
+    pairs: str = option("best-worst", help="from rated data: best vs worst per prompt, or every pair with "
+                        "different scores", choices=["best-worst", "all"])
+    beta: float = option(0.1, help="DPO beta (strength of the implicit KL to the reference)")
+    epochs: float = option(1.0, help="training epochs")
+    learning_rate: float = option(5e-7, help="peak learning rate")
+    warmup_steps: int = option(0, help="linear warm-up steps")
+    batch_size: int = option(8, help="pairs per device per step")
+    max_length: int = option(1024, help="longest prompt+response in tokens")

@@ -1,0 +1,60 @@
+"""`dvpo dpo`: Direct Preference Optimisation on TRL's DPOTrainer, the offline baseline of the paper.
+
+Pairs come from preference rows as given or from rated rows (best vs worst per prompt by
+default), through the same pair builder as the reward model, and reach TRL in its
+conversational format so the model's chat template joins prompt and response.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from datasets import Dataset
+from trl import DPOConfig, DPOTrainer
+
+from dvpo.config import save_config
+from dvpo.configs import DpoConfig
+from dvpo.data.formats import DataError
+from dvpo.data.tokenize import ensure_pad_token
+from dvpo.eval.rm_accuracy import load_pair_rows, pairwise_pairs
+from dvpo.models.loading import load_causal_lm, load_tokenizer
+from dvpo.trainers.common import maybe_lora, training_arguments
+from dvpo.trainers.metrics import MetricsFileCallback
+from dvpo.trainers.run_dir import mark_complete, prepare_run_dir
+
+logger = logging.getLogger(__name__)
+
+
+def _messages(value, role: str) -> list[dict]:
+    return list(value) if isinstance(value, list) else [{"role": role, "content": value}]
+
+
+def preference_dataset(source: str, split: str, mode: str) -> Dataset:
+    pairs = pairwise_pairs(load_pair_rows(source, split), mode)
+    logger.info("dpo pairs from %s: %s", source, pairs.describe())
+    if not pairs.triples:
+        raise DataError(source, None, None, "no preference pairs (every prompt's responses tie or stand alone)")
+    return Dataset.from_list([{"prompt": _messages(p, "user"), "chosen": _messages(c, "assistant"),
+                               "rejected": _messages(r, "assistant")} for p, c, r in pairs.triples])
+
+
+def run_dpo(cfg: DpoConfig) -> Path:
+    folder, resume_from = prepare_run_dir(cfg.out, cfg.overwrite)
+    save_config(cfg, folder / "dvpo_config.yaml")
+    tokenizer = ensure_pad_token(load_tokenizer(cfg.model))
+    dataset = preference_dataset(cfg.data, cfg.split, cfg.pairs)
+    base = training_arguments(cfg, folder, scheduler="linear")
+    args = DPOConfig(**{**base.to_dict(), "beta": cfg.beta, "max_length": cfg.max_length})
+    trainer = DPOTrainer(model=maybe_lora(load_causal_lm(cfg.model, cfg.dtype), cfg, task_type="CAUSAL_LM"),
+                         args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[MetricsFileCallback(folder, plot_keys=("loss", "rewards/accuracies",
+                                                                           "rewards/margins"))])
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    if trainer.is_world_process_zero():
+        final = trainer.model.merge_and_unload() if cfg.lora_r > 0 else trainer.model
+        final.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        mark_complete(folder, stage="dpo", pairs=len(dataset), train_loss=result.training_loss,
+                      steps=result.global_step)
+    return folder
