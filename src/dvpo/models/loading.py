@@ -42,6 +42,11 @@ def check_model_path(path: str) -> None:
         raise FileNotFoundError(f"model folder {path} has no config.json: is it a Hugging Face model folder?")
 
 
+def model_reference(path: str) -> str:
+    """How a trained model records its base: an absolute path for a local folder, else the Hub id."""
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     check_model_path(path)
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)

@@ -13,7 +13,6 @@ from pathlib import Path
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
-from dvpo.config import save_config
 from dvpo.configs import DpoConfig
 from dvpo.data.formats import DataError
 from dvpo.data.tokenize import ensure_pad_token
@@ -21,7 +20,7 @@ from dvpo.eval.rm_accuracy import load_pair_rows, pairwise_pairs
 from dvpo.models.loading import load_causal_lm, load_tokenizer
 from dvpo.trainers.common import maybe_lora, training_arguments
 from dvpo.trainers.metrics import MetricsFileCallback
-from dvpo.trainers.run_dir import mark_complete, prepare_run_dir
+from dvpo.trainers.run_dir import mark_complete, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +39,7 @@ def preference_dataset(source: str, split: str, mode: str) -> Dataset:
 
 
 def run_dpo(cfg: DpoConfig) -> Path:
-    folder, resume_from = prepare_run_dir(cfg.out, cfg.overwrite)
-    save_config(cfg, folder / "dvpo_config.yaml")
+    folder, resume_from = start_run(cfg)
     tokenizer = ensure_pad_token(load_tokenizer(cfg.model))
     dataset = preference_dataset(cfg.data, cfg.split, cfg.pairs)
     base = training_arguments(cfg, folder, scheduler="linear")

@@ -18,17 +18,16 @@ from transformers import Trainer
 from dvpo.algos.masked import masked_mean
 from dvpo.algos.td import (last_token_rewards, moments_std, normalize_scores, prompt_relative_scores,
                            score_normalizer, td_lambda_targets, update_moments, value_normalization)
-from dvpo.config import save_config
 from dvpo.configs import GvmConfig
 from dvpo.data.collate import pad_sequences
 from dvpo.data.formats import load_rows
 from dvpo.data.tau import conditioned_prompt, sample_tau_indices
 from dvpo.data.tokenize import ensure_pad_token, tokenize_rows
-from dvpo.models.loading import load_tokenizer
+from dvpo.models.loading import load_tokenizer, model_reference
 from dvpo.models.value_model import MODEL_SUBDIR, GvmMeta, build_value_model, gather_values, value_positions
 from dvpo.trainers.common import maybe_lora, training_arguments
 from dvpo.trainers.metrics import MetricsFileCallback
-from dvpo.trainers.run_dir import mark_complete, prepare_run_dir
+from dvpo.trainers.run_dir import mark_complete, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +101,7 @@ def value_statistics(model, features: list[dict], collator: GvmCollator, batch_s
 
 
 def run_gvm(cfg: GvmConfig) -> Path:
-    folder, resume_from = prepare_run_dir(cfg.out, cfg.overwrite)
-    save_config(cfg, folder / "dvpo_config.yaml")
+    folder, resume_from = start_run(cfg)
     tokenizer = load_tokenizer(cfg.model)
     ensure_pad_token(tokenizer)
     rows = load_rows(cfg.data, "rated", split=cfg.split)
@@ -128,8 +126,6 @@ def run_gvm(cfg: GvmConfig) -> Path:
         callbacks=[MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm"))],
         gamma=cfg.gamma, td_lambda=cfg.td_lambda, batch_norm=cfg.value_normalization == "batch",
     )
-    if resume_from:
-        logger.info("resuming from %s", resume_from)
     result = trainer.train(resume_from_checkpoint=resume_from)
     if trainer.is_world_process_zero():
         stats_rows = features[:: max(1, len(features) // cfg.stats_rows)][: cfg.stats_rows]
@@ -137,7 +133,7 @@ def run_gvm(cfg: GvmConfig) -> Path:
         model_dir = folder / MODEL_SUBDIR
         trainer.model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
-        GvmMeta(base_model=str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
+        GvmMeta(base_model=model_reference(cfg.model),
                 lora=cfg.lora_r > 0, tau=cfg.tau == "policy", gamma=cfg.gamma, td_lambda=cfg.td_lambda,
                 value_normalization=cfg.value_normalization, value_mean=value_mean, value_std=value_std,
                 score_mean=score_mean, score_std=score_std, max_length=cfg.max_length).save(folder)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from dvpo.algos.masked import masked_mean, masked_whiten
 from dvpo.algos.ppo import AdaptiveKLController, FixedKLController, kl_k1, kl_k3, ppo_clip_loss
-from dvpo.config import ConfigError, save_config
+from dvpo.config import ConfigError
 from dvpo.configs import RlConfig
 from dvpo.data.formats import load_rows
 from dvpo.data.tokenize import encode_prompt, ensure_pad_token
@@ -32,7 +32,7 @@ from dvpo.rollout.experience import build_sequences, response_logprobs
 from dvpo.rollout.sampling import sample
 from dvpo.trainers.advantage_sources import DvpoSource, GrpoSource, PpoSource, RemaxSource
 from dvpo.trainers.rl_state import RlCheckpointer, peak_memory_bytes
-from dvpo.trainers.run_dir import mark_complete, prepare_run_dir
+from dvpo.trainers.run_dir import mark_complete, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +94,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 
 
 def run_rl(cfg: RlConfig) -> Path:
-    folder, _ = prepare_run_dir(cfg.out, cfg.overwrite)
-    save_config(cfg, folder / "dvpo_config.yaml")
+    folder, _ = start_run(cfg)  # the loop restores its own checkpoints
     trackers = None if cfg.report_to == "none" else [cfg.report_to]
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers, project_dir=str(folder))
     if trackers:

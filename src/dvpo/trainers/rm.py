@@ -17,18 +17,17 @@ from datasets import Dataset
 from transformers import Trainer
 
 from dvpo.algos.pairwise import bradley_terry_loss
-from dvpo.config import save_config
 from dvpo.configs import RmConfig
 from dvpo.data.collate import pad_sequences
 from dvpo.data.formats import DataError
 from dvpo.data.tokenize import TruncationStats, ensure_pad_token
 from dvpo.eval.rm_accuracy import (load_pair_rows, pairwise_pairs, response_key, rm_accuracy, row_kind,
                                    unique_responses)
-from dvpo.models.loading import load_tokenizer
+from dvpo.models.loading import load_tokenizer, model_reference
 from dvpo.models.reward_model import MODEL_SUBDIR, RewardModel, RmMeta, build_reward_model, encode_response
 from dvpo.trainers.common import maybe_lora, training_arguments
 from dvpo.trainers.metrics import MetricsFileCallback
-from dvpo.trainers.run_dir import mark_complete, prepare_run_dir
+from dvpo.trainers.run_dir import mark_complete, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +91,7 @@ def load_pairs(source: str, split: str, mode: str):
 
 
 def run_rm(cfg: RmConfig) -> Path:
-    folder, resume_from = prepare_run_dir(cfg.out, cfg.overwrite)
-    save_config(cfg, folder / "dvpo_config.yaml")
+    folder, resume_from = start_run(cfg)
     tokenizer = ensure_pad_token(load_tokenizer(cfg.model))
     rows, pairs = load_pairs(cfg.data, cfg.split, cfg.pairs)
     eval_rows = load_pair_rows(cfg.eval_data, cfg.split) if cfg.eval_data else None  # bad eval data fails now
@@ -106,11 +104,9 @@ def run_rm(cfg: RmConfig) -> Path:
         data_collator=PairCollator(tokenizer.pad_token_id),
         callbacks=[MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm"))],
     )
-    if resume_from:
-        logger.info("resuming from %s", resume_from)
     result = trainer.train(resume_from_checkpoint=resume_from)
     if trainer.is_world_process_zero():
-        meta = RmMeta(base_model=str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
+        meta = RmMeta(base_model=model_reference(cfg.model),
                       lora=cfg.lora_r > 0, max_length=cfg.max_length)
         rm = RewardModel(trainer.model, tokenizer, meta)
         meta.score_mean, meta.score_std = score_statistics(rm, pairs.triples)

@@ -7,11 +7,16 @@ is a run that stopped part-way, and re-running the same command resumes it.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
 
 from transformers.trainer_utils import get_last_checkpoint
+
+from dvpo.config import save_config
+
+logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "dvpo_complete.json"
 CHECKPOINTS = "checkpoints"
@@ -28,6 +33,15 @@ def prepare_run_dir(out: str | Path, overwrite: bool) -> tuple[Path, str | None]
     checkpoints = folder / CHECKPOINTS
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     return folder, last
+
+
+def start_run(cfg) -> tuple[Path, str | None]:
+    """Prepare `cfg.out`, record the resolved options beside the outputs, say whether this resumes."""
+    folder, resume_from = prepare_run_dir(cfg.out, cfg.overwrite)
+    save_config(cfg, folder / "dvpo_config.yaml")
+    if resume_from:
+        logger.info("resuming from %s", resume_from)
+    return folder, resume_from
 
 
 def is_complete(folder: str | Path) -> bool:

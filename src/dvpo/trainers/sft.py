@@ -12,7 +12,6 @@ from pathlib import Path
 from datasets import Dataset
 from transformers import Trainer
 
-from dvpo.config import save_config
 from dvpo.configs import SftConfig
 from dvpo.data.collate import SftCollator
 from dvpo.data.formats import load_rows
@@ -20,14 +19,13 @@ from dvpo.data.tokenize import ensure_pad_token, tokenize_rows
 from dvpo.models.loading import load_causal_lm, load_tokenizer
 from dvpo.trainers.common import maybe_lora, training_arguments
 from dvpo.trainers.metrics import MetricsFileCallback
-from dvpo.trainers.run_dir import mark_complete, prepare_run_dir
+from dvpo.trainers.run_dir import mark_complete, start_run
 
 logger = logging.getLogger(__name__)
 
 
 def run_sft(cfg: SftConfig) -> Path:
-    folder, resume_from = prepare_run_dir(cfg.out, cfg.overwrite)
-    save_config(cfg, folder / "dvpo_config.yaml")
+    folder, resume_from = start_run(cfg)
     tokenizer = load_tokenizer(cfg.model)
     ensure_pad_token(tokenizer)
     rows = load_rows(cfg.data, "sft", split=cfg.split)
@@ -42,8 +40,6 @@ def run_sft(cfg: SftConfig) -> Path:
         data_collator=SftCollator(tokenizer.pad_token_id),
         callbacks=[MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm"))],
     )
-    if resume_from:
-        logger.info("resuming from %s", resume_from)
     result = trainer.train(resume_from_checkpoint=resume_from)
     if trainer.is_world_process_zero():
         final = trainer.model.merge_and_unload() if cfg.lora_r > 0 else trainer.model
