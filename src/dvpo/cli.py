@@ -19,6 +19,8 @@ STAGES: dict[tuple[str, ...], tuple[type, str, str]] = {
                            "write the lab's sft, rated, preference and prompt files"),
     ("lab", "judge"): (configs.LabJudgeConfig, "dvpo.eval.lab_judge:run_judge",
                        "score generations with the lab's ground-truth judge"),
+    ("data", "ultrafeedback"): (configs.UltraFeedbackConfig, "dvpo.data.ultrafeedback:run_ultrafeedback",
+                                "convert UltraFeedback rows to rated, SFT and prompt files (the paper's 30/50/20 split)"),
     ("init",): (configs.InitConfig, "dvpo.models.init:run_init",
                 "train a tokenizer on local data and write a fresh Llama of a given size"),
     ("sft",): (configs.SftConfig, "dvpo.trainers.sft:run_sft", "supervised fine-tuning (loss on completions)"),
@@ -36,6 +38,11 @@ STAGES: dict[tuple[str, ...], tuple[type, str, str]] = {
                       "GVM pairwise accuracy on held-out rated data (the paper's Appendix C)"),
     ("eval", "gvm-tokens"): (configs.GvmTokensConfig, "dvpo.eval.gvm_tokens:run_gvm_tokens",
                              "render per-token GVM values as HTML and PNG (the paper's Appendix B)"),
+    ("eval", "judge"): (configs.LlmJudgeConfig, "dvpo.eval.llm_judge:run_llm_judge",
+                        "score generations with an LLM judge on an OpenAI-compatible endpoint "
+                        "(the paper's Appendix D)"),
+    ("compare",): (configs.CompareConfig, "dvpo.compare:run_compare",
+                   "the paper's comparison: SFT, then DVPO, PPO, ReMax, GRPO and DPO over seeds, one report"),
     ("demo",): (configs.DemoConfig, "dvpo.demo:run_demo",
                 "the lab end to end: data, init, SFT, generation, judge, report"),
 }

@@ -20,8 +20,8 @@ import yaml
 def option(default=dataclasses.MISSING, help: str = "", choices=None, **kwargs):
     """A dataclass field with the help text the CLI shows; no default means required."""
     metadata = {"help": help, "choices": choices}
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda d=default: list(d), metadata=metadata, **kwargs)
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
@@ -39,7 +39,17 @@ def _base_type(annotation) -> tuple[type, bool]:
         return _base_type(args[0])
     if origin is list:
         return typing.get_args(annotation)[0], True
+    if origin is dict:
+        return dict, False
     return annotation, False
+
+
+def _mapping(text: str) -> dict:
+    """A mapping option on the command line, written as YAML/JSON: '{rl: {learning_rate: 2e-6}}'."""
+    value = yaml.safe_load(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping such as '{{key: value}}', got {text!r}")
+    return value
 
 
 def _has_default(field) -> bool:
@@ -61,6 +71,8 @@ def build_parser(parser: argparse.ArgumentParser, config_cls: type) -> None:
         kwargs: dict[str, Any] = dict(dest=field.name, default=argparse.SUPPRESS, help=help_text)
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind is dict:
+            kwargs["type"] = _mapping
         else:
             kwargs["type"] = kind
             if is_list:
@@ -81,6 +93,8 @@ def _coerce(config_cls: type, name: str, value, origin: str):
             return [kind(v) for v in values]
         if kind is bool and not isinstance(value, bool):
             raise TypeError("expected true or false")
+        if kind is dict and not isinstance(value, dict):
+            raise TypeError(f"expected a mapping, got {type(value).__name__}")
         value = kind(value)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{origin}: option '{name}': {error}") from None
@@ -116,6 +130,20 @@ def resolve(config_cls: type, args: argparse.Namespace):
     if missing:
         raise ConfigError("missing required option(s): " + ", ".join("--" + m.replace("_", "-") for m in missing))
     return config_cls(**values)
+
+
+def apply_overrides(config, overrides: dict, origin: str):
+    """A copy of `config` with some options replaced, each checked as if it came from a YAML file."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{origin}: expected a mapping of option: value, got {type(overrides).__name__}")
+    names = {f.name for f in dataclasses.fields(config)}
+    values = {}
+    for key, value in overrides.items():
+        name = str(key).replace("-", "_")
+        if name not in names:
+            raise ConfigError(f"{origin}: unknown option '{key}' (valid: {', '.join(sorted(names))})")
+        values[name] = _coerce(type(config), name, value, origin)
+    return dataclasses.replace(config, **values)
 
 
 def save_config(config, path: Path) -> None:

@@ -94,6 +94,28 @@ class DemoConfig:
     overwrite: bool = option(False, help="start afresh instead of reusing finished stages in --out")
 
 
+COMPARE_METHODS = ["dvpo", "ppo", "remax", "grpo", "dpo"]
+
+
+@dataclass
+class CompareConfig:
+    out: str = option("runs/compare", help="folder for every run, the report and its plots")
+    seeds: int = option(3, help="seeds of the RL and DPO runs (SFT, GVM and RM are trained once)")
+    quick: bool = option(False, help="smaller lab budgets (under 10 minutes on 2 CPU cores)")
+    methods: list[str] = option(list(COMPARE_METHODS), help="methods to train and compare against SFT",
+                                choices=COMPARE_METHODS)
+    data: str | None = option(None, help="folder of sft, rated, prompts, test_prompts and rated_test JSONL "
+                              "(from `dvpo lab make-data` or `dvpo data ultrafeedback`); default: the lab's")
+    model: str | None = option(None, help="base model to fine-tune (folder or Hub id); default: a fresh lab Llama")
+    overrides: dict = option({}, help="per-stage options over the lab settings, e.g. "
+                             "'{rl: {learning_rate: 2e-6}, sft: {epochs: 3}}' (stages: sft, gvm, rm, rl, dpo)")
+    judge_endpoint: str | None = option(None, help="OpenAI-compatible endpoint of an LLM judge, for data that is "
+                                        "not the lab's")
+    judge_model: str | None = option(None, help="model name at --judge-endpoint")
+    seed: int = option(0, help="seed of data, initialisation, SFT, GVM and RM; run seeds are seed..seed+N-1")
+    overwrite: bool = option(False, help="start afresh instead of reusing finished runs in --out")
+
+
 @dataclass(kw_only=True)
 class GvmConfig(OfflineTrainingOptions):
     model: str = option(help="causal LM to initialise the value model from (the paper: the SFT model)")
@@ -210,3 +232,37 @@ class DpoConfig(OfflineTrainingOptions):
     warmup_steps: int = option(0, help="linear warm-up steps")
     batch_size: int = option(8, help="pairs per device per step")
     max_length: int = option(1024, help="longest prompt+response in tokens")
+
+
+@dataclass
+class LlmJudgeConfig:
+    generations: str = option(help="generations JSONL of {prompt, completion[, sample]} to judge")
+    endpoint: str = option(help="OpenAI-compatible base URL (http://host:8000/v1) or its full /chat/completions URL")
+    model: str = option(help="judge model name as the endpoint knows it")
+    out: str = option(help="summary JSON; per-row results go to OUT with suffix .rows.jsonl")
+    baseline: str = option("", help="generations of a baseline model on the same prompts: judge pairwise "
+                           "(win/tie/loss) instead of absolute 0-5 scores")
+    api_key_env: str = option("OPENAI_API_KEY", help="environment variable holding the API key (unset: no "
+                              "Authorization header); the key itself is never logged")
+    concurrency: int = option(8, help="requests in flight at once")
+    max_retries: int = option(5, help="retries of a request on 429, 5xx, timeouts and connection errors")
+    timeout: float = option(60.0, help="seconds to wait for one reply")
+    temperature: float = option(0.0, help="judge sampling temperature")
+    max_tokens: int = option(256, help="longest judge reply in tokens")
+    cache: str = option("", help="JSONL cache of judge replies (default: OUT with suffix .cache.jsonl); "
+                        "a re-run only pays for replies it lacks")
+    seed: int = option(0, help="seed of the A/B order in pairwise judging")
+
+
+@dataclass
+class UltraFeedbackConfig:
+    data: str = option(help="UltraFeedback rows (openbmb/UltraFeedback schema): JSONL file, datasets folder, or Hub name")
+    out: str = option(help="output folder: sft, rated, prompts, test_prompts, rated_test (JSONL) and manifest.json")
+    score: str = option("fine-grained", help="the rated score: fine-grained_score (mean of the four aspect ratings), "
+                        "overall_score, or one aspect's rating (the paper does not say which it used)",
+                        choices=["fine-grained", "overall", "instruction_following", "honesty", "truthfulness",
+                                 "helpfulness"])
+    seed: int = option(0, help="seed of the prompt split")
+    test_fraction: float = option(0.02, help="prompts held out first (test_prompts, rated_test); the rest are "
+                                  "split 30%% sft / 50%% rated / 20%% RL prompts as in the paper")
+    split: str = option("train", help="split, for datasets folders and Hub datasets")

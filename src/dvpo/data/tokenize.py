@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from dvpo.errors import ModelError
+
 logger = logging.getLogger(__name__)
 
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -25,7 +27,8 @@ def ensure_pad_token(tokenizer):
     """
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError("tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+            name = getattr(tokenizer, "name_or_path", "") or "tokenizer"
+            raise ModelError(f"{name} has neither a pad nor an eos token; set tokenizer.pad_token and save it")
         tokenizer.pad_token = tokenizer.eos_token
         logger.warning("tokenizer has no pad token; using eos %r for padding", tokenizer.eos_token)
     return tokenizer
@@ -44,8 +47,13 @@ def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = Fal
     return list(_chat(tokenizer, messages, add_generation_prompt=add_generation_prompt)["input_ids"])
 
 
-def _no_template(what: str) -> ValueError:
-    return ValueError(f"{what} needs a tokenizer with a chat template")
+def _no_template(what: str, tokenizer) -> ModelError:
+    """The one thing the plain-text fallback cannot do: a ModelError (exit code 2) naming the tokenizer."""
+    name = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
+    return ModelError(
+        f"{what} needs a tokenizer with a chat template, and {name} has none: give prompts and "
+        "responses as plain strings, or set tokenizer.chat_template and save the tokenizer into the model folder"
+    )
 
 
 def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
@@ -53,7 +61,7 @@ def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
     if tokenizer.chat_template:
         return _chat_ids(tokenizer, _messages(prompt, "user"), add_generation_prompt=True)
     if not isinstance(prompt, str):
-        raise _no_template("a conversational prompt")
+        raise _no_template("a conversational prompt", tokenizer)
     return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
 
@@ -75,9 +83,10 @@ def encode_example(
             )
         return ids, [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids))
     if not isinstance(completion, str):
-        raise _no_template("a conversational completion")
+        raise _no_template("a conversational completion", tokenizer)
     if tokenizer.eos_token_id is None:
-        raise ValueError("tokenizer has no eos token to close the completion")
+        name = getattr(tokenizer, "name_or_path", "") or "tokenizer"
+        raise ModelError(f"{name} has no eos token to close the completion (and no chat template)")
     response = list(tokenizer(completion, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
     return prompt_ids + response, [0] * len(prompt_ids) + [1] * len(response)
 
@@ -89,7 +98,7 @@ def encode_messages(tokenizer, messages: list[dict]) -> tuple[list[int], list[in
     found by rendering the conversation up to it (with and without that turn).
     """
     if not tokenizer.chat_template:
-        raise _no_template("a conversational (messages) row")
+        raise _no_template("a conversational (messages) row", tokenizer)
     if _GENERATION_TAG.search(str(tokenizer.chat_template)):
         out = _chat(tokenizer, messages, return_assistant_tokens_mask=True)
         return list(out["input_ids"]), list(out["assistant_masks"])
@@ -128,6 +137,23 @@ def truncate(
         return list(input_ids[-max_length:]), list(response_mask[-max_length:]), "prompt"
     end = start + max_length
     return list(input_ids[start:end]), list(response_mask[start:end]), "response"
+
+
+def truncate_prompts(prompt_id_lists: list[list[int]], max_prompt_length: int,
+                     source: str = "") -> list[list[int]]:
+    """Fit prompts for sampling into `max_prompt_length` tokens, cut from the LEFT; logs the count.
+
+    The sampling-time side of `truncate`'s policy: the end of a prompt, where the response will
+    start, is kept. Callers pass the model's positions minus `max_new_tokens`, so prompt plus
+    response never runs past the context (beyond it, a model may fail or silently degrade).
+    """
+    if max_prompt_length < 1:
+        raise ValueError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
+    cut = sum(len(ids) > max_prompt_length for ids in prompt_id_lists)
+    if cut:
+        logger.warning("%s%d of %d prompts longer than %d tokens cut on the left", f"{source}: " if source else "",
+                       cut, len(prompt_id_lists), max_prompt_length)
+    return [list(ids[-max_prompt_length:]) for ids in prompt_id_lists]
 
 
 @dataclass

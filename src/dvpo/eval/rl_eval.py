@@ -9,7 +9,8 @@ import torch
 from dvpo.data.formats import load_rows
 from dvpo.data.tokenize import encode_prompt
 from dvpo.lab.task import judge, parse_prompt
-from dvpo.rollout.sampling import sample
+from dvpo.rollout.sampling import SharedNoise, sample
+from dvpo.distributed import BatchStats
 
 
 def is_lab_prompt(prompt) -> bool:
@@ -39,15 +40,32 @@ class PromptScorer:
         return {"score": statistics.fmean(judge(p, t) for p, t in zip(prompts, texts))}
 
     @torch.no_grad()
-    def evaluate(self, policy, tokenizer, cfg, device, batch_size: int = 64) -> dict:
-        """Held-out prompts sampled at the training temperature; the lab judge's mean."""
+    def evaluate(self, policy, tokenizer, cfg, device, stats: BatchStats | None = None, noise_seed: int = 0,
+                 batch_size: int = 64) -> dict:
+        """Held-out prompts sampled at the training temperature; the lab judge's mean.
+
+        With several processes each samples its share of every batch, with the batch's shared noise,
+        so the score does not depend on the number of processes.
+        """
         if not self.active:
             return {}
+        stats = stats or BatchStats()
+        rank, world = (stats.accelerator.process_index, stats.accelerator.num_processes) if stats.accelerator \
+            else (0, 1)
         policy.eval()
-        texts = []
+        total = 0.0
+        count = 0
         for start in range(0, len(self.prompts), batch_size):
             chunk = self.prompts[start:start + batch_size]
-            batch = sample(policy, [encode_prompt(tokenizer, p) for p in chunk], tokenizer.pad_token_id,
-                           tokenizer.eos_token_id, cfg.max_new_tokens, cfg.temperature, cfg.top_p)
-            texts += [t.strip() for t in tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)]
-        return {"eval_score": statistics.fmean(judge(p, t) for p, t in zip(self.prompts, texts))}
+            low, high = len(chunk) * rank // world, len(chunk) * (rank + 1) // world
+            mine = chunk[low:high]
+            if not mine:
+                continue
+            batch = sample(policy, [encode_prompt(tokenizer, p) for p in mine], tokenizer.pad_token_id,
+                           tokenizer.eos_token_id, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                           noise=SharedNoise(noise_seed * 4099 + start, low, len(chunk)))
+            texts = [t.strip() for t in tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)]
+            total += sum(judge(p, t) for p, t in zip(mine, texts))
+            count += len(mine)
+        total, count = stats.sum(torch.tensor([total, float(count)]))
+        return {"eval_score": float(total / count)}

@@ -13,7 +13,7 @@ from dvpo.data.formats import load_rows
 from dvpo.data.jsonl import write_jsonl
 from dvpo.data.tokenize import encode_prompt, ensure_pad_token
 from dvpo.models.loading import default_device, load_causal_lm, load_tokenizer
-from dvpo.rollout.sampling import sample
+from dvpo.rollout.sampling import SharedNoise, sample
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,8 @@ def generate_completions(model, tokenizer, prompts: list, cfg: GenerateConfig) -
     for start in tqdm(range(0, len(prompts), cfg.batch_size), desc="generate", unit="batch"):
         chunk = prompts[start:start + cfg.batch_size]
         batch = sample(model, [encode_prompt(tokenizer, p) for p in chunk], tokenizer.pad_token_id,
-                       tokenizer.eos_token_id, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.num_samples)
+                       tokenizer.eos_token_id, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.num_samples,
+                       noise=SharedNoise(cfg.seed * 1_000_003 + start))
         completions += [t.strip() for t in tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)]
     return completions
 

@@ -18,13 +18,26 @@ import torch
 
 from dvpo.algos.advantages import (broadcast_sequence_advantage, dvpo_difference_advantages, dvpo_value_advantages,
                                    group_normalized_advantages, remax_advantages)
-from dvpo.algos.masked import masked_mean
 from dvpo.algos.ppo import clipped_value_loss, gae, per_token_rewards
 from dvpo.data.collate import pad_sequences
 from dvpo.data.tau import conditioned_prompt
 from dvpo.data.tokenize import encode_prompt
 from dvpo.rollout.experience import Sequences, build_sequences, critic_values, unpadded_rows
 from dvpo.rollout.sampling import sample
+from dvpo.distributed import BatchStats
+
+
+@dataclass
+class Rollout:
+    """This process's share of a rollout batch, with what a source may need of the whole batch."""
+
+    seq: Sequences
+    prompts: list                 # this process's rows
+    texts: list[str]
+    all_prompts: list             # every row of the global batch, on every process
+    all_texts: list[str]
+    offset: int                   # index of this process's first row in the global batch
+    stats: BatchStats = field(default_factory=BatchStats)
 
 
 @dataclass
@@ -71,13 +84,17 @@ class DvpoSource:
         self.gvm, self.advantage, self.normalization = gvm, advantage, normalization
         self.gamma, self.kl_in_reward = gamma, kl_in_reward
 
-    def _gvm_inputs(self, seq: Sequences, prompts: list, texts: list[str]):
-        rows = unpadded_rows(seq)
-        partners = tau_partner(prompts) if self.gvm.meta.tau else [None] * len(rows)
+    def _gvm_inputs(self, rollout: Rollout):
+        """[tau; prompt; response] per row; tau is the response to another prompt of the global batch."""
+        rows = unpadded_rows(rollout.seq)
+        everyone = rollout.all_prompts
+        partners = (tau_partner(everyone)[rollout.offset:rollout.offset + len(rows)] if self.gvm.meta.tau
+                    else [None] * len(rows))
         ids, starts, lengths = [], [], []
         for i, (_, response) in enumerate(rows):
-            j = partners[i]
-            conditioned = conditioned_prompt(prompts[i], prompts[j], texts[j]) if j is not None else prompts[i]
+            j, prompt = partners[i], rollout.prompts[i]
+            conditioned = (conditioned_prompt(prompt, everyone[j], rollout.all_texts[j]) if j is not None
+                           else prompt)
             prompt_ids = encode_prompt(self.gvm.tokenizer, conditioned)
             overflow = len(prompt_ids) + len(response) - self.gvm.meta.max_length
             if overflow > 0:  # cut tau first, from the left, as in GVM training
@@ -91,9 +108,9 @@ class DvpoSource:
                 torch.tensor(starts, device=device), torch.tensor(lengths, device=device))
 
     @torch.no_grad()
-    def experience(self, seq: Sequences, prompts: list, texts: list[str], kl: torch.Tensor, kl_coef: float) -> Experience:
-        values, _ = self.gvm.slot_values(*self._gvm_inputs(seq, prompts, texts), normalized=False)
-        mask = seq.response_mask
+    def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience:
+        values, _ = self.gvm.slot_values(*self._gvm_inputs(rollout), normalized=False)
+        mask = rollout.seq.response_mask
         width = mask.shape[1]
         q = torch.zeros_like(mask)
         q[:, : values.shape[1] - 1] = values[:, 1: width + 1].to(mask.device)
@@ -101,9 +118,9 @@ class DvpoSource:
         v_first = values[:, 0].to(mask.device)
         if self.normalization == "stored":
             mean, std = self.gvm.meta.value_mean, self.gvm.meta.value_std
-        else:  # the rollout batch's own statistics over its response tokens
-            mean = masked_mean(q, mask)
-            std = masked_mean((q - mean) ** 2, mask).sqrt()
+        else:  # the rollout batch's own statistics over its response tokens (of every process)
+            mean, var, _ = rollout.stats.masked_moments(q, mask)
+            std = var.sqrt()
         q_norm = dvpo_value_advantages(q, mask, mode="stored", mean=mean, std=std)
         v_first = (v_first - mean) / (std + 1e-8)
         if self.advantage == "difference":
@@ -112,8 +129,8 @@ class DvpoSource:
             advantages = q_norm
         if self.kl_in_reward:
             advantages = advantages - kl_coef * kl * mask
-        return Experience(advantages, {"value_mean": masked_mean(q, mask).item(),
-                                       "advantage_mean": masked_mean(advantages, mask).item()})
+        batch_mean = lambda x: rollout.stats.masked_moments(x, mask)[0].item()  # noqa: E731 (token mean, all processes)
+        return Experience(advantages, {"value_mean": batch_mean(q), "advantage_mean": batch_mean(advantages)})
 
     def value_loss(self, seq: Sequences, exp: Experience):
         return None, {}
@@ -125,20 +142,25 @@ class PpoSource:
     samples_per_prompt = 1
 
     def __init__(self, reward_model, critic, gamma: float, lam: float, value_clip: float, kl_in_reward: bool):
-        self.reward_model, self.critic = reward_model, critic
-        self.trainable = [critic]
+        self.reward_model = reward_model
+        self.use_critic(critic)
         self.gamma, self.lam, self.value_clip = gamma, lam, value_clip
         self.kl_in_reward = kl_in_reward
 
+    def use_critic(self, critic) -> None:
+        """The critic as the loop trains it (wrapped for data parallelism after `accelerator.prepare`)."""
+        self.critic, self.trainable = critic, [critic]
+
     @torch.no_grad()
-    def experience(self, seq: Sequences, prompts: list, texts: list[str], kl: torch.Tensor, kl_coef: float) -> Experience:
+    def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience:
+        seq = rollout.seq
         mask = seq.response_mask
         scores = reward_scores(self.reward_model, unpadded_rows(seq)).to(mask.device)
         values = critic_values(self.critic, seq)
         rewards = per_token_rewards(scores, kl, mask, kl_coef if self.kl_in_reward else 0.0)
         advantages, returns = gae(values, rewards, mask, self.gamma, self.lam)
         return Experience(advantages, {"reward_mean": scores.mean().item(),
-                                       "value_mean": masked_mean(values, mask).item()},
+                                       "value_mean": rollout.stats.masked_moments(values, mask)[0].item()},
                           old_values=values, returns=returns)
 
     def value_loss(self, seq: Sequences, exp: Experience):
@@ -158,7 +180,8 @@ class RemaxSource:
         self.max_new_tokens, self.kl_in_reward = max_new_tokens, kl_in_reward
 
     @torch.no_grad()
-    def experience(self, seq: Sequences, prompts: list, texts: list[str], kl: torch.Tensor, kl_coef: float) -> Experience:
+    def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience:
+        seq = rollout.seq
         rows = unpadded_rows(seq)
         greedy = sample(self.policy, [p for p, _ in rows], self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
                         self.max_new_tokens, temperature=0)
@@ -185,7 +208,8 @@ class GrpoSource:
         self.reward_model, self.samples_per_prompt = reward_model, group_size
 
     @torch.no_grad()
-    def experience(self, seq: Sequences, prompts: list, texts: list[str], kl: torch.Tensor, kl_coef: float) -> Experience:
+    def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience:
+        seq = rollout.seq
         mask = seq.response_mask
         scores = reward_scores(self.reward_model, unpadded_rows(seq)).to(mask.device)
         advantages = group_normalized_advantages(scores, self.samples_per_prompt)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from peft import LoraConfig, get_peft_model
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
+from dvpo.distributed import trainer_device_arguments
 from dvpo.trainers.run_dir import CHECKPOINTS
 
 
@@ -34,11 +37,11 @@ def training_arguments(cfg, folder: Path, scheduler: str, **overrides) -> Traini
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=bf16,
-        use_cpu=not torch.cuda.is_available(),
         remove_unused_columns=False,
         dataloader_num_workers=0,
         save_only_model=False,
     )
+    kwargs.update(trainer_device_arguments())
     if cfg.gradient_checkpointing:
         kwargs["activation_checkpointing"] = True
     kwargs.update(overrides)
@@ -59,3 +62,30 @@ def maybe_lora(model, cfg, task_type: str):
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def write_process_record(folder: Path, entry: dict, world_size: int, is_main: bool) -> None:
+    """Gather each process's entry (rank, world size, rows it took) into `processes.json`, by the main process.
+
+    It is the record of how the data was sharded, and the multi-process tests check it: a launch
+    that silently runs N copies of a single process shows up as N rank-0 entries.
+    """
+    entries = gather_object([entry]) if world_size > 1 else [entry]
+    if is_main:
+        (folder / "processes.json").write_text(json.dumps(sorted(entries, key=lambda e: e["rank"]), indent=1))
+
+
+class RowRecorder(TrainerCallback):
+    """Wraps a collator to note the dataset rows (their `row` column) this process collated."""
+
+    def __init__(self, folder: Path, collator):
+        self.folder, self.collator, self.rows = folder, collator, []
+
+    def __call__(self, features: list[dict]):
+        self.rows.extend(int(f["row"]) for f in features)
+        return self.collator(features)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        entry = {"rank": args.process_index, "world_size": args.world_size,
+                 "distributed_type": args.distributed_state.distributed_type.value, "rows": self.rows}
+        write_process_record(self.folder, entry, args.world_size, state.is_world_process_zero)

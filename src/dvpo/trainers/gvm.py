@@ -25,7 +25,7 @@ from dvpo.data.tau import conditioned_prompt, sample_tau_indices
 from dvpo.data.tokenize import ensure_pad_token, tokenize_rows
 from dvpo.models.loading import load_tokenizer, model_reference
 from dvpo.models.value_model import MODEL_SUBDIR, GvmMeta, build_value_model, gather_values, value_positions
-from dvpo.trainers.common import maybe_lora, training_arguments
+from dvpo.trainers.common import RowRecorder, maybe_lora, training_arguments
 from dvpo.trainers.metrics import MetricsFileCallback
 from dvpo.trainers.run_dir import mark_complete, start_run
 
@@ -117,13 +117,14 @@ def run_gvm(cfg: GvmConfig) -> Path:
     for feature, score in zip(features, scores):
         feature["score"] = score
     collator = GvmCollator(tokenizer.pad_token_id)
+    recorder = RowRecorder(folder, collator)
     model = maybe_lora(build_value_model(cfg.model, cfg.dtype), cfg, task_type="TOKEN_CLS")
     trainer = GvmTrainer(
         model=model,
         args=training_arguments(cfg, folder, scheduler="cosine"),
-        train_dataset=Dataset.from_list(features),
-        data_collator=collator,
-        callbacks=[MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm"))],
+        train_dataset=Dataset.from_list([{**f, "row": i} for i, f in enumerate(features)]),
+        data_collator=recorder,
+        callbacks=[MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm")), recorder],
         gamma=cfg.gamma, td_lambda=cfg.td_lambda, batch_norm=cfg.value_normalization == "batch",
     )
     result = trainer.train(resume_from_checkpoint=resume_from)

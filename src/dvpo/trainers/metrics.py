@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import resource
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
 from dvpo.eval.plots import plot_metrics
+
+
+def peak_memory_bytes() -> int:
+    """CUDA: max allocated on this device; CPU: the process's peak resident set."""
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
 class MetricsFileCallback(TrainerCallback):
@@ -20,7 +29,8 @@ class MetricsFileCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+                f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs,
+                                    "peak_memory_bytes": peak_memory_bytes()}) + "\n")
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.path.exists():

@@ -4,6 +4,12 @@ Each step: sample a rollout batch from the policy (KV cache, left padding) -> ex
 (old log-probs, reference log-probs, per-token KL, the source's advantages) -> PPO-clip epochs
 over minibatches (plus the critic's loss for PPO) -> KL controller update -> metrics, and
 periodically evaluation and a checkpoint. Re-running on the same --out resumes exactly.
+
+With several processes (`accelerate launch`), each takes a contiguous share of the step's
+prompts; sampling noise is drawn for the global batch (see `dvpo.rollout.sampling`), batch
+statistics and the loss's token mean span all processes, and gradients are averaged, so N
+processes reproduce the single-process run when each epoch is one minibatch (with several
+minibatches, each process shuffles its own share). Only the main process writes files.
 """
 
 from __future__ import annotations
@@ -16,10 +22,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from dvpo.algos.masked import masked_mean, masked_whiten
+from dvpo.algos.masked import masked_mean
 from dvpo.algos.ppo import AdaptiveKLController, FixedKLController, kl_k1, kl_k3, ppo_clip_loss
 from dvpo.config import ConfigError
 from dvpo.configs import RlConfig
@@ -29,38 +35,38 @@ from dvpo.eval.plots import plot_metrics
 from dvpo.eval.rl_eval import PromptScorer
 from dvpo.models.loading import load_causal_lm, load_tokenizer
 from dvpo.rollout.experience import build_sequences, response_logprobs
-from dvpo.rollout.sampling import sample
-from dvpo.trainers.advantage_sources import DvpoSource, GrpoSource, PpoSource, RemaxSource
-from dvpo.trainers.rl_state import RlCheckpointer, peak_memory_bytes
+from dvpo.rollout.sampling import SharedNoise, sample
+from dvpo.trainers.advantage_sources import DvpoSource, GrpoSource, PpoSource, RemaxSource, Rollout
+from dvpo.distributed import BatchStats, deepspeed_requested, make_accelerator, shard_bounds
+from dvpo.trainers.common import write_process_record
+from dvpo.trainers.metrics import peak_memory_bytes
+from dvpo.trainers.rl_state import RlCheckpointer
 from dvpo.trainers.run_dir import mark_complete, start_run
 
 logger = logging.getLogger(__name__)
 
 
-def build_source(cfg: RlConfig, accelerator: Accelerator, policy, tokenizer):
+def build_source(cfg: RlConfig, device, policy, tokenizer):
     kl_in_reward = cfg.kl_penalty == "reward"
     if cfg.algo == "dvpo":
         if not cfg.gvm:
             raise ConfigError("--algo dvpo needs --gvm (a folder written by `dvpo gvm`)")
         from dvpo.models.value_model import load_value_model
 
-        gvm = load_value_model(cfg.gvm, device=accelerator.device, dtype=cfg.dtype)
+        gvm = load_value_model(cfg.gvm, device=device, dtype=cfg.dtype)
         return DvpoSource(gvm, cfg.dvpo_advantage, cfg.dvpo_normalization, cfg.gamma, kl_in_reward)
     if not cfg.reward_model:
         raise ConfigError(f"--algo {cfg.algo} needs --reward-model (a folder written by `dvpo rm`)")
     from dvpo.models.reward_model import load_reward_model
     from dvpo.models.value_model import build_value_model
 
-    reward_model = load_reward_model(cfg.reward_model, device=accelerator.device, dtype=cfg.dtype)
+    reward_model = load_reward_model(cfg.reward_model, device=device, dtype=cfg.dtype)
     if cfg.algo == "grpo":
-        if cfg.rollout_batch_size % cfg.group_size:
-            raise ConfigError(f"--rollout-batch-size {cfg.rollout_batch_size} must be a multiple of "
-                              f"--group-size {cfg.group_size}")
         return GrpoSource(reward_model, cfg.group_size)
     if cfg.algo == "remax":
         return RemaxSource(reward_model, policy, tokenizer, cfg.max_new_tokens, kl_in_reward)
     critic_init = cfg.critic_init or _default_critic_init(cfg)
-    critic = build_value_model(critic_init, cfg.dtype).to(accelerator.device)
+    critic = build_value_model(critic_init, cfg.dtype).to(device)
     return PpoSource(reward_model, critic, cfg.gamma, cfg.gae_lambda, cfg.value_clip, kl_in_reward)
 
 
@@ -70,19 +76,40 @@ def _default_critic_init(cfg: RlConfig) -> str:
     return str(full_rm.parent) if full_rm.is_file() else cfg.policy
 
 
+def check_batch_split(cfg: RlConfig, world: int) -> None:
+    """The rollout batch must split into whole prompt groups per process, and minibatches evenly."""
+    group = cfg.group_size if cfg.algo == "grpo" else 1
+    if cfg.rollout_batch_size % (group * world):
+        raise ConfigError(f"--rollout-batch-size {cfg.rollout_batch_size} must be a multiple of "
+                          f"{'--group-size ' + str(group) + ' x ' if group > 1 else ''}{world} process(es)")
+    local = cfg.rollout_batch_size // world
+    if cfg.mini_batch_size % world or local % (cfg.mini_batch_size // world):
+        raise ConfigError(f"--mini-batch-size {cfg.mini_batch_size} must split evenly over {world} process(es) "
+                          f"and divide the rollout batch {cfg.rollout_batch_size}")
+
+
 def prompt_order(n: int, seed: int, epoch: int) -> list[int]:
     """The shuffled prompt order of one pass; a function of (seed, epoch), so resume needs only the step."""
     generator = torch.Generator().manual_seed(seed * 100003 + epoch)
     return torch.randperm(n, generator=generator).tolist()
 
 
-def batch_prompts(prompts: list, step: int, batch_size: int, seed: int) -> list:
-    start = step * batch_size
+def batch_indices(n: int, step: int, batch_size: int, seed: int) -> list[int]:
+    """Indices of the prompts of one step: consecutive slices of seeded passes over the n prompts."""
     picked = []
-    for position in range(start, start + batch_size):
-        epoch, offset = divmod(position, len(prompts))
-        picked.append(prompts[prompt_order(len(prompts), seed, epoch)[offset]])
+    for position in range(step * batch_size, (step + 1) * batch_size):
+        epoch, offset = divmod(position, n)
+        picked.append(prompt_order(n, seed, epoch)[offset])
     return picked
+
+
+def batch_prompts(prompts: list, step: int, batch_size: int, seed: int) -> list:
+    return [prompts[i] for i in batch_indices(len(prompts), step, batch_size, seed)]
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """A seed per (run seed, step, purpose): the randomness of a step needs no saved generator state."""
+    return (seed * 1_000_003 + step) * 8 + stream
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
@@ -93,12 +120,36 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
+def prepare_models(cfg: RlConfig, accelerator, policy, source):
+    """Wrap the trained modules for data parallelism (DDP or DeepSpeed); frozen ones stay as they are."""
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    if not source.trainable:
+        policy, optimizer = accelerator.prepare(policy, optimizer)
+        return policy, optimizer, None
+    if deepspeed_requested():
+        raise ConfigError("PPO trains a critic beside the policy, and one DeepSpeed engine holds one model: run "
+                          "PPO with DDP (configs/accelerate/ddp.yaml) or a single process")
+    critic_optimizer = torch.optim.AdamW(source.trainable[0].parameters(),
+                                         lr=cfg.critic_learning_rate or cfg.learning_rate, eps=1e-5)
+    policy, optimizer, critic, critic_optimizer = accelerator.prepare(policy, optimizer, source.trainable[0],
+                                                                      critic_optimizer)
+    source.use_critic(critic)
+    return policy, optimizer, critic_optimizer
+
+
 def run_rl(cfg: RlConfig) -> Path:
     folder, _ = start_run(cfg)  # the loop restores its own checkpoints
     trackers = None if cfg.report_to == "none" else [cfg.report_to]
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers, project_dir=str(folder))
+    accelerator = make_accelerator(log_with=trackers, project_dir=str(folder))
+    check_batch_split(cfg, accelerator.num_processes)
+    if accelerator.state.deepspeed_plugin is not None:
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = cfg.mini_batch_size // accelerator.num_processes
+        ds_config["gradient_accumulation_steps"] = 1
+        ds_config["gradient_clipping"] = 1.0
     if trackers:
         accelerator.init_trackers("dvpo-rl", config=asdict(cfg))
+    main_process = accelerator.is_main_process
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.policy)
     ensure_pad_token(tokenizer)
@@ -107,109 +158,150 @@ def run_rl(cfg: RlConfig) -> Path:
         raise ValueError(f"{cfg.prompts}: RL needs at least two prompts")
     policy = load_causal_lm(cfg.policy, cfg.dtype).to(accelerator.device)
     reference = load_causal_lm(cfg.policy, cfg.dtype).to(accelerator.device).eval().requires_grad_(False)
-    source = build_source(cfg, accelerator, policy, tokenizer)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
-    critic_optimizer = (torch.optim.AdamW(source.trainable[0].parameters(),
-                                          lr=cfg.critic_learning_rate or cfg.learning_rate, eps=1e-5)
-                        if source.trainable else None)
+    source = build_source(cfg, accelerator.device, policy, tokenizer)
+    policy, optimizer, critic_optimizer = prepare_models(cfg, accelerator, policy, source)
     controller = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
                   else FixedKLController(cfg.kl_coef))
-    checkpointer = RlCheckpointer(folder, cfg.keep_checkpoints)
-    start_step = checkpointer.restore(policy, optimizer, source.trainable, critic_optimizer, controller)
-    scorer = PromptScorer(prompts)
+    checkpointer = RlCheckpointer(folder, cfg.keep_checkpoints, accelerator)
+    start_step = checkpointer.restore(controller)
+    loop = RlLoop(cfg, accelerator, policy, reference, source, optimizer, critic_optimizer, controller, tokenizer,
+                  prompts)
     evaluator = PromptScorer.for_eval(cfg.eval_prompts)
     metrics_path = folder / "metrics.jsonl"
-    truncate_metrics(metrics_path, start_step)
+    if main_process:
+        truncate_metrics(metrics_path, start_step)
 
-    progress = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=f"rl {cfg.algo}")
+    progress = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=f"rl {cfg.algo}",
+                    disable=not main_process)
     for step in progress:
-        record = rl_step(cfg, step, policy, reference, source, optimizer, critic_optimizer, controller, tokenizer,
-                         prompts, scorer)
+        record = loop.step(step)
         if evaluator and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps):
-            record.update(evaluator.evaluate(policy, tokenizer, cfg, accelerator.device))
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            record.update(evaluator.evaluate(accelerator.unwrap_model(policy), tokenizer, cfg, accelerator.device,
+                                             loop.stats, noise_seed=step_seed(cfg.seed, step, 2)))
+        if main_process:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
         if trackers:
             accelerator.log(record, step=step + 1)
         progress.set_postfix({k: round(record[k], 3) for k in ("score", "kl", "eval_score") if k in record})
         if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
-            raise FloatingPointError(f"non-finite metric at step {step}: {record}; "
-                                     f"the last good checkpoint is kept in {folder / 'checkpoints'}")
+            raise FloatingPointError(f"non-finite metric at step {step + 1}: {record}; "
+                                     f"the last good checkpoint is kept in {checkpointer.root}")
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            checkpointer.save(step + 1, policy, optimizer, source.trainable, critic_optimizer, controller)
-    policy.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    plot_metrics(metrics_path, ("score", "eval_score", "reward_mean", "kl", "kl_coef", "entropy",
-                                "response_length", "clip_frac"), folder / "metrics.png")
+            checkpointer.save(step + 1, controller)
+    write_process_record(folder, {"rank": accelerator.process_index, "world_size": accelerator.num_processes,
+                                  "distributed_type": accelerator.distributed_type.value, "rows": loop.rows},
+                         accelerator.num_processes, main_process)
+    accelerator.wait_for_everyone()
+    final = accelerator.unwrap_model(policy)
+    state = accelerator.get_state_dict(policy)  # gathers ZeRO-3 shards on every process
+    if main_process:
+        final.save_pretrained(folder, state_dict=state)
+        tokenizer.save_pretrained(folder)
+        plot_metrics(metrics_path, ("score", "eval_score", "reward_mean", "kl", "kl_coef", "entropy",
+                                    "response_length", "clip_frac"), folder / "metrics.png")
     if trackers:
         accelerator.end_training()
-    mark_complete(folder, stage="rl", algo=cfg.algo, steps=cfg.steps)
+    if main_process:
+        mark_complete(folder, stage="rl", algo=cfg.algo, steps=cfg.steps, processes=accelerator.num_processes)
+    accelerator.wait_for_everyone()
     return folder
 
 
-def rl_step(cfg, step, policy, reference, source, optimizer, critic_optimizer, controller, tokenizer, prompts,
-            scorer) -> dict:
-    timings = {}
-    started = time.perf_counter()
-    group = source.samples_per_prompt
-    unique_prompts = batch_prompts(prompts, step, cfg.rollout_batch_size // group, cfg.seed)
-    batch_of_prompts = [p for p in unique_prompts for _ in range(group)]  # prompt-major, as sampled
-    policy.eval()
-    sampled = sample(policy, [encode_prompt(tokenizer, p) for p in unique_prompts], tokenizer.pad_token_id,
-                     tokenizer.eos_token_id, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                     num_samples=group, min_new_tokens=cfg.min_new_tokens)
-    seq = build_sequences(sampled)
-    texts = [t.strip() for t in tokenizer.batch_decode(seq.response_ids, skip_special_tokens=True)]
-    timings["time_generation"] = time.perf_counter() - started
+class RlLoop:
+    """One RL step on this process's share of the rollout batch."""
 
-    started = time.perf_counter()
-    mask = seq.response_mask
-    with torch.no_grad():
-        old_logp = response_logprobs(policy, seq, cfg.temperature)
-        ref_logp = response_logprobs(reference, seq, cfg.temperature)
-    kl = kl_k1(old_logp, ref_logp) * mask
-    experience = source.experience(seq, batch_of_prompts, texts, kl, controller.value)
-    if cfg.whiten_advantages == "on" or (cfg.whiten_advantages == "auto" and cfg.algo == "ppo"):
-        experience.advantages = masked_whiten(experience.advantages, mask)
-    timings["time_forward"] = time.perf_counter() - started
+    def __init__(self, cfg, accelerator, policy, reference, source, optimizer, critic_optimizer, controller,
+                 tokenizer, prompts):
+        self.cfg, self.accelerator, self.policy, self.reference = cfg, accelerator, policy, reference
+        self.source, self.optimizer, self.critic_optimizer = source, optimizer, critic_optimizer
+        self.controller, self.tokenizer, self.prompts = controller, tokenizer, prompts
+        self.scorer = PromptScorer(prompts)
+        self.stats = BatchStats(accelerator)
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.rows: list[int] = []  # indices of the prompts this process sampled, for processes.json
 
-    started = time.perf_counter()
-    policy.train()
-    for trained in source.trainable:
-        trained.train()
-    update_stats: dict[str, list[float]] = {}
-    n = seq.input_ids.shape[0]
-    for _ in range(cfg.ppo_epochs):
-        for index in torch.randperm(n).split(cfg.mini_batch_size):
-            mb_seq, mb_exp = seq.rows(index), experience.rows(index)
-            logp, entropy = response_logprobs(policy, mb_seq, cfg.temperature, with_entropy=True)
-            loss, stats = ppo_clip_loss(logp, old_logp[index], mb_exp.advantages, mb_seq.response_mask, cfg.clip_eps)
-            if cfg.kl_penalty == "loss" or cfg.algo == "grpo":
-                loss = loss + controller.value * masked_mean(kl_k3(logp, ref_logp[index]), mb_seq.response_mask)
-            value_loss, value_stats = source.value_loss(mb_seq, mb_exp)
-            if value_loss is not None:
-                loss = loss + cfg.vf_coef * value_loss
-            optimizer.zero_grad(set_to_none=True)
-            if critic_optimizer:
-                critic_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            optimizer.step()
-            if critic_optimizer:
-                torch.nn.utils.clip_grad_norm_(source.trainable[0].parameters(), 1.0)
-                critic_optimizer.step()
-            for key, value in {"clip_frac": float(stats["clip_frac"]), "approx_kl": float(stats["approx_kl"]),
-                               "entropy": masked_mean(entropy, mb_seq.response_mask).item(),
-                               "policy_loss": loss.item(), **value_stats}.items():
-                update_stats.setdefault(key, []).append(value)
-    timings["time_update"] = time.perf_counter() - started
+    def rollout(self, step: int) -> Rollout:
+        cfg, group = self.cfg, self.source.samples_per_prompt
+        indices = batch_indices(len(self.prompts), step, cfg.rollout_batch_size // group, cfg.seed)
+        unique_prompts = [self.prompts[i] for i in indices]
+        start, end = shard_bounds(len(unique_prompts), self.rank, self.world)
+        mine = unique_prompts[start:end]
+        self.rows.extend(indices[start:end])
+        policy = self.accelerator.unwrap_model(self.policy).eval()
+        sampled = sample(policy, [encode_prompt(self.tokenizer, p) for p in mine], self.tokenizer.pad_token_id,
+                         self.tokenizer.eos_token_id, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                         num_samples=group, min_new_tokens=cfg.min_new_tokens,
+                         noise=SharedNoise(step_seed(cfg.seed, step, 0), start * group, cfg.rollout_batch_size))
+        seq = build_sequences(sampled)
+        texts = [t.strip() for t in self.tokenizer.batch_decode(seq.response_ids, skip_special_tokens=True)]
+        all_prompts = [p for p in unique_prompts for _ in range(group)]  # prompt-major, as sampled
+        all_texts = [t for chunk in gather_object([texts]) for t in chunk] if self.world > 1 else texts
+        return Rollout(seq, all_prompts[start * group:end * group], texts, all_prompts, all_texts, start * group,
+                       self.stats)
 
-    sequence_kl = kl.sum(dim=1).mean().item()
-    kl_coef = controller.value
-    controller.update(sequence_kl, n)
-    record = {"step": step + 1, "kl": sequence_kl, "kl_coef": kl_coef,
-              "response_length": mask.sum(dim=1).mean().item(), **experience.metrics,
-              **{k: sum(v) / len(v) for k, v in update_stats.items()}, **timings,
-              "time_step": sum(timings.values()), "peak_memory_bytes": peak_memory_bytes()}
-    record.update(scorer.score(batch_of_prompts, texts))
-    return record
+    def step(self, step: int) -> dict:
+        cfg, timings = self.cfg, {}
+        started = time.perf_counter()
+        rollout = self.rollout(step)
+        seq, mask = rollout.seq, rollout.seq.response_mask
+        timings["time_generation"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        with torch.no_grad():
+            old_logp = response_logprobs(self.accelerator.unwrap_model(self.policy), seq, cfg.temperature)
+            ref_logp = response_logprobs(self.reference, seq, cfg.temperature)
+        kl = kl_k1(old_logp, ref_logp) * mask
+        experience = self.source.experience(rollout, kl, self.controller.value)
+        if cfg.whiten_advantages == "on" or (cfg.whiten_advantages == "auto" and cfg.algo == "ppo"):
+            experience.advantages = self.stats.masked_whiten(experience.advantages, mask)
+        timings["time_forward"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        update_stats = self.update(step, rollout, experience, old_logp, ref_logp)
+        timings["time_update"] = time.perf_counter() - started
+
+        kl_coef = self.controller.value
+        local = {"kl": kl.sum(dim=1).mean().item(), "response_length": mask.sum(dim=1).mean().item(),
+                 **experience.metrics, **update_stats, **self.scorer.score(rollout.prompts, rollout.texts)}
+        record = {"step": step + 1, **self.stats.mean_of(local), "kl_coef": kl_coef, **timings,
+                  "time_step": sum(timings.values()), "peak_memory_bytes": peak_memory_bytes()}
+        self.controller.update(record["kl"], cfg.rollout_batch_size)
+        return record
+
+    def update(self, step: int, rollout: Rollout, experience, old_logp, ref_logp) -> dict[str, float]:
+        """PPO-clip epochs over minibatches; the loss is a token mean over the minibatch of every process."""
+        cfg, seq = self.cfg, rollout.seq
+        self.policy.train()
+        for trained in self.source.trainable:
+            trained.train()
+        collected: dict[str, list[float]] = {}
+        n, local_mini = seq.input_ids.shape[0], cfg.mini_batch_size // self.world
+        shuffle = torch.Generator().manual_seed(step_seed(cfg.seed, step, 1) * 64 + self.rank)
+        for _ in range(cfg.ppo_epochs):
+            for index in torch.randperm(n, generator=shuffle).split(local_mini):
+                mb_seq, mb_exp = seq.rows(index), experience.rows(index)
+                mb_mask = mb_seq.response_mask
+                tokens = mb_mask.sum()
+                scale = (tokens * self.world / self.stats.sum(tokens.reshape(1))[0].clamp(min=1)).to(tokens.dtype)
+                logp, entropy = response_logprobs(self.policy, mb_seq, cfg.temperature, with_entropy=True)
+                loss, stats = ppo_clip_loss(logp, old_logp[index], mb_exp.advantages, mb_mask, cfg.clip_eps)
+                if cfg.kl_penalty == "loss" or cfg.algo == "grpo":
+                    loss = loss + self.controller.value * masked_mean(kl_k3(logp, ref_logp[index]), mb_mask)
+                value_loss, value_stats = self.source.value_loss(mb_seq, mb_exp)
+                if value_loss is not None:
+                    loss = loss + cfg.vf_coef * value_loss
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.critic_optimizer:
+                    self.critic_optimizer.zero_grad(set_to_none=True)
+                self.accelerator.backward(loss * scale)
+                self.accelerator.clip_grad_norm_(self.policy.parameters(), 1.0)
+                self.optimizer.step()
+                if self.critic_optimizer:
+                    self.accelerator.clip_grad_norm_(self.source.trainable[0].parameters(), 1.0)
+                    self.critic_optimizer.step()
+                for key, value in {"clip_frac": float(stats["clip_frac"]), "approx_kl": float(stats["approx_kl"]),
+                                   "entropy": masked_mean(entropy, mb_mask).item(), "policy_loss": loss.item(),
+                                   **value_stats}.items():
+                    collected.setdefault(key, []).append(value)
+        return {k: sum(v) / len(v) for k, v in collected.items()}

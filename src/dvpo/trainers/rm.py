@@ -25,7 +25,7 @@ from dvpo.eval.rm_accuracy import (load_pair_rows, pairwise_pairs, response_key,
                                    unique_responses)
 from dvpo.models.loading import load_tokenizer, model_reference
 from dvpo.models.reward_model import MODEL_SUBDIR, RewardModel, RmMeta, build_reward_model, encode_response
-from dvpo.trainers.common import maybe_lora, training_arguments
+from dvpo.trainers.common import RowRecorder, maybe_lora, training_arguments
 from dvpo.trainers.metrics import MetricsFileCallback
 from dvpo.trainers.run_dir import mark_complete, start_run
 
@@ -97,12 +97,13 @@ def run_rm(cfg: RmConfig) -> Path:
     eval_rows = load_pair_rows(cfg.eval_data, cfg.split) if cfg.eval_data else None  # bad eval data fails now
     features = pair_features(pairs.triples, tokenizer, cfg.max_length, source=cfg.data)
     model = maybe_lora(build_reward_model(cfg.model, cfg.dtype), cfg, task_type="SEQ_CLS")
+    recorder = RowRecorder(folder, PairCollator(tokenizer.pad_token_id))
     trainer = RmTrainer(
         model=model,
         args=training_arguments(cfg, folder, scheduler="linear"),
-        train_dataset=Dataset.from_list(features),
-        data_collator=PairCollator(tokenizer.pad_token_id),
-        callbacks=[MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm"))],
+        train_dataset=Dataset.from_list([{**f, "row": i} for i, f in enumerate(features)]),
+        data_collator=recorder,
+        callbacks=[MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm")), recorder],
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
     if trainer.is_world_process_zero():

@@ -12,6 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
+from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from dvpo.config import save_config
@@ -36,11 +37,23 @@ def prepare_run_dir(out: str | Path, overwrite: bool) -> tuple[Path, str | None]
 
 
 def start_run(cfg) -> tuple[Path, str | None]:
-    """Prepare `cfg.out`, record the resolved options beside the outputs, say whether this resumes."""
-    folder, resume_from = prepare_run_dir(cfg.out, cfg.overwrite)
-    save_config(cfg, folder / "dvpo_config.yaml")
+    """Prepare `cfg.out`, record the resolved options beside the outputs, say whether this resumes.
+
+    With several processes the main one prepares the folder (and deletes it under --overwrite)
+    before the others look at it. Seeds every generator with the run's seed.
+    """
+    from dvpo.distributed import process_state
+
+    if is_complete(cfg.out) and not cfg.overwrite:  # every process stops alike, before any waits
+        raise RunComplete(Path(cfg.out))
+    state = process_state()
+    with state.main_process_first():
+        folder, resume_from = prepare_run_dir(cfg.out, cfg.overwrite and state.is_main_process)
+        if state.is_main_process:
+            save_config(cfg, folder / "dvpo_config.yaml")
     if resume_from:
         logger.info("resuming from %s", resume_from)
+    set_seed(cfg.seed)  # fresh heads and adapters are drawn before the Trainer seeds: same seed, same start
     return folder, resume_from
 
 

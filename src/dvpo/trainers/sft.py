@@ -17,7 +17,7 @@ from dvpo.data.collate import SftCollator
 from dvpo.data.formats import load_rows
 from dvpo.data.tokenize import ensure_pad_token, tokenize_rows
 from dvpo.models.loading import load_causal_lm, load_tokenizer
-from dvpo.trainers.common import maybe_lora, training_arguments
+from dvpo.trainers.common import RowRecorder, maybe_lora, training_arguments
 from dvpo.trainers.metrics import MetricsFileCallback
 from dvpo.trainers.run_dir import mark_complete, start_run
 
@@ -30,15 +30,16 @@ def run_sft(cfg: SftConfig) -> Path:
     ensure_pad_token(tokenizer)
     rows = load_rows(cfg.data, "sft", split=cfg.split)
     features, stats = tokenize_rows(rows, tokenizer, cfg.max_length, source=cfg.data)
-    dataset = Dataset.from_list([{"input_ids": f["input_ids"], "response_mask": f["response_mask"]}
-                                 for f in features])
+    dataset = Dataset.from_list([{"input_ids": f["input_ids"], "response_mask": f["response_mask"], "row": i}
+                                 for i, f in enumerate(features)])
+    recorder = RowRecorder(folder, SftCollator(tokenizer.pad_token_id))
     model = maybe_lora(load_causal_lm(cfg.model, cfg.dtype), cfg, task_type="CAUSAL_LM")
     trainer = Trainer(
         model=model,
         args=training_arguments(cfg, folder, scheduler="cosine"),
         train_dataset=dataset,
-        data_collator=SftCollator(tokenizer.pad_token_id),
-        callbacks=[MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm"))],
+        data_collator=recorder,
+        callbacks=[MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm")), recorder],
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
     if trainer.is_world_process_zero():

@@ -1,0 +1,205 @@
+"""`dvpo compare`: the paper's comparison in one command, on the lab by default.
+
+SFT, the GVM and the reward model are trained once; then, for each seed, DVPO, PPO, ReMax and
+GRPO (same prompts, same samples per step, same RL settings) and DPO (offline, on the rated
+split's best-vs-worst pairs); every model is judged on held-out prompts against that seed's SFT
+samples, and one report is written (see `dvpo.eval.compare_report`).
+
+Each training run is a `dvpo <stage> --config FILE` subprocess: a process's peak resident set
+only grows, so a run's peak memory is its own only in its own process; its options sit on disk
+next to its log. Finished runs are reused, so re-running an interrupted comparison resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from dvpo.config import ConfigError, apply_overrides, save_config
+from dvpo.configs import COMPARE_METHODS, CompareConfig
+from dvpo.data.formats import load_rows
+from dvpo.eval.compare_report import write_report
+from dvpo.eval.gvm_accuracy import evaluate_gvm
+from dvpo.eval.rl_eval import is_lab_prompt
+from dvpo.pipeline import FULL, QUICK, LabBudget, Timer, dpo_config, gvm_config, judge_model, prepare_lab, \
+    rl_config, rm_config, sft_config
+from dvpo.trainers.run_dir import is_complete
+
+logger = logging.getLogger(__name__)
+
+DATA_FILES = ("sft.jsonl", "rated.jsonl", "prompts.jsonl", "test_prompts.jsonl", "rated_test.jsonl")
+OVERRIDABLE = ("sft", "gvm", "rm", "rl", "dpo")
+NEEDS_RM = ("ppo", "remax", "grpo")
+
+
+LAB_SETTINGS = (
+    "SFT, the GVM and the reward model are trained once (seed {seed}); each seed then trains every method from "
+    "the same SFT model. DVPO, PPO, ReMax and GRPO share every RL setting: {steps} steps of 32 samples from the "
+    "same RL prompts (GRPO: 8 prompts × 4), minibatch 8, 2 PPO epochs, lr 1e-4, KL 0.2 adaptive towards 0.1, "
+    "24 new tokens; DVPO uses the difference advantage. ReMax also decodes one greedy response per prompt for "
+    "its baseline. DPO trains offline on the rated split's best-vs-worst pairs ({dpo_epochs:g} epoch, β 0.1, "
+    "lr 1e-5). Stage settings: src/dvpo/pipeline.py.")
+LAB_JUDGE = ("Judge: the lab's ground truth on held-out prompts, 4 samples each at temperature 1; win rate per "
+             "prompt against the same seed's SFT samples (ties count half).")
+LLM_JUDGE = ("Judge: {model} at {endpoint} with the paper's Appendix D prompt (0-5), one sample per held-out "
+             "prompt; win rate from pairwise verdicts in randomised order against the same seed's SFT sample "
+             "(ties count half).")
+
+
+class StageFailed(RuntimeError):
+    """A training subprocess exited with an error; the message points at its log."""
+
+
+class StageRunner:
+    """Runs stages as `dvpo` subprocesses, skipping finished ones, and keeps their wall-clock seconds."""
+
+    def __init__(self, root: Path, overrides: dict, total: int):
+        self.logs = root / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.seconds_file = root / "stage_seconds.json"
+        self.seconds = json.loads(self.seconds_file.read_text()) if self.seconds_file.exists() else {}
+        self.overrides = overrides
+        self.progress = tqdm(total=total, desc="compare", unit="run")
+
+    def __call__(self, name: str, stage: str, stage_cfg) -> Path:
+        stage_cfg = apply_overrides(stage_cfg, self.overrides.get(stage, {}), f"overrides: {stage}")
+        out = Path(stage_cfg.out)
+        if not is_complete(out):
+            self.progress.set_postfix_str(name)
+            config_file, log = self.logs / f"{name}.yaml", self.logs / f"{name}.log"
+            save_config(stage_cfg, config_file)
+            logger.info("compare: %s (log: %s)", name, log)
+            started = time.perf_counter()
+            with open(log, "a", encoding="utf-8") as sink:
+                returncode = subprocess.run([sys.executable, "-m", "dvpo", stage, "--config", str(config_file)],
+                                            stdout=sink, stderr=subprocess.STDOUT).returncode
+            if returncode != 0:
+                tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
+                raise StageFailed(f"{name} failed with exit code {returncode}; log {log}:\n{tail}")
+            self.seconds[name] = round(time.perf_counter() - started, 1)
+            self.seconds_file.write_text(json.dumps(self.seconds, indent=2))
+        self.progress.update()
+        return out
+
+
+def method_config(method: str, sft: Path, gvm: Path, rm: Path, data: Path, out: Path, budget: LabBudget,
+                  seed: int):
+    """Each method's run; the four online ones share every RL setting and differ in their advantage source."""
+    if method == "dpo":
+        return "dpo", dpo_config(sft, data, out, budget, seed)
+    source = {"gvm": str(gvm), "dvpo_advantage": "difference"} if method == "dvpo" else {"reward_model": str(rm)}
+    return "rl", rl_config(method, sft, data, out, budget, seed, **source)
+
+
+def check_options(cfg: CompareConfig) -> None:
+    unknown = [m for m in cfg.methods if m not in COMPARE_METHODS]
+    if unknown:
+        raise ConfigError(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(COMPARE_METHODS)})")
+    if cfg.seeds < 1:
+        raise ConfigError("--seeds must be at least 1")
+    stray = [k for k in cfg.overrides if k not in OVERRIDABLE]
+    if stray:
+        raise ConfigError(f"--overrides: unknown stage {', '.join(map(str, stray))} "
+                          f"(stages: {', '.join(OVERRIDABLE)})")
+
+
+def inputs(cfg: CompareConfig, root: Path, budget: LabBudget, timer: Timer) -> tuple[Path, Path]:
+    """(data folder, base model): the lab's, generated under `root`, unless given."""
+    if cfg.data is None:
+        data, init = prepare_lab(root, budget, cfg.seed, timer)
+        return data, Path(cfg.model) if cfg.model else init
+    data = Path(cfg.data)
+    missing = [f for f in DATA_FILES if not (data / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--data {data}: missing {', '.join(missing)} (write them with `dvpo lab make-data` "
+                                "or `dvpo data ultrafeedback`)")
+    if not cfg.model:
+        raise ConfigError("--data given without --model: name the base model to fine-tune")
+    return data, Path(cfg.model)
+
+
+def llm_judge(endpoint: str, judge_model_name: str, max_new_tokens: int):
+    """Judge one sample per held-out prompt with an LLM (the paper's Appendix D): its 0-5 score, and with a
+    baseline the pairwise win rate in randomised order (ties count half)."""
+    from dvpo.configs import GenerateConfig, LlmJudgeConfig
+    from dvpo.eval.llm_judge import run_llm_judge
+    from dvpo.rollout.generate import run_generate
+
+    def judge(model: Path, prompts: Path, out: Path, baseline: Path | None, seed: int, timer: Timer) -> dict:
+        if not out.exists():
+            timer(f"generate:{out.parent.name}/{out.stem}", run_generate, GenerateConfig(
+                model=str(model), prompts=str(prompts), out=str(out), max_new_tokens=max_new_tokens, seed=seed))
+        ask = dict(generations=str(out), endpoint=endpoint, model=judge_model_name, seed=seed)
+        absolute = run_llm_judge(LlmJudgeConfig(out=str(out.with_suffix(".judge.json")), **ask))
+        result = {"n": absolute["scored"], "mean": absolute["mean"], "std": absolute["std"], "sem": absolute["sem"]}
+        if baseline is not None and baseline != out:
+            pairwise = run_llm_judge(LlmJudgeConfig(out=str(out.with_suffix(".pairwise.json")),
+                                                    baseline=str(baseline), **ask))
+            result["win_rate"] = pairwise["win_rate"] + 0.5 * pairwise["tie_rate"]
+        return result
+
+    return judge
+
+
+def pick_judge(cfg: CompareConfig, data: Path, max_new_tokens: int):
+    """The lab's ground-truth judge for lab prompts; any other data needs an LLM judge endpoint."""
+    prompts = [row["prompt"] for row in load_rows(data / "test_prompts.jsonl", "prompts")]
+    if all(isinstance(p, str) and is_lab_prompt(p) for p in prompts):
+        return judge_model
+    if not (cfg.judge_endpoint and cfg.judge_model):
+        raise ConfigError(f"{data / 'test_prompts.jsonl'} holds prompts that are not the lab's, so the lab's "
+                          "judge cannot score them: pass --judge-endpoint and --judge-model (an LLM judge)")
+    return llm_judge(cfg.judge_endpoint, cfg.judge_model, max_new_tokens)
+
+
+def run_compare(cfg: CompareConfig) -> dict:
+    check_options(cfg)
+    budget = QUICK if cfg.quick else FULL
+    root = Path(cfg.out)
+    if cfg.overwrite and root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, root / "dvpo_config.yaml")
+    timer = Timer()
+    data, base = inputs(cfg, root, budget, timer)
+    rl_settings = apply_overrides(rl_config("dvpo", base, data, root, budget, cfg.seed),
+                                  cfg.overrides.get("rl", {}), "overrides: rl")
+    judge = pick_judge(cfg, data, rl_settings.max_new_tokens)
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    need_gvm, need_rm = "dvpo" in cfg.methods, any(m in NEEDS_RM for m in cfg.methods)
+    run = StageRunner(root, cfg.overrides, total=1 + need_gvm + need_rm + len(seeds) * len(cfg.methods))
+
+    sft = run("sft", "sft", sft_config(base, data, root / "sft", budget, cfg.seed))
+    gvm = run("gvm", "gvm", gvm_config(sft, data, root / "gvm", budget, cfg.seed)) if need_gvm else None
+    rm = run("rm", "rm", rm_config(sft, data, root / "rm", budget, cfg.seed)) if need_rm else None
+    runs: dict[str, dict[int, Path]] = {m: {} for m in cfg.methods}
+    for seed in seeds:
+        for method in cfg.methods:
+            stage, stage_cfg = method_config(method, sft, gvm, rm, data, root / f"seed{seed}" / method, budget, seed)
+            runs[method][seed] = run(f"seed{seed}-{method}", stage, stage_cfg)
+    run.progress.close()
+
+    prompts = data / "test_prompts.jsonl"
+    scores: dict[str, dict[int, dict]] = {"sft": {}, **{m: {} for m in cfg.methods}}
+    for seed in tqdm(seeds, desc="judge", unit="seed"):
+        generations = root / f"seed{seed}" / "generations"
+        baseline = generations / "sft.jsonl"
+        scores["sft"][seed] = judge(sft, prompts, baseline, None, seed, timer)
+        for method in cfg.methods:
+            scores[method][seed] = judge(runs[method][seed], prompts, generations / f"{method}.jsonl", baseline,
+                                         seed, timer)
+    gvm_accuracy = evaluate_gvm(str(gvm), str(data / "rated_test.jsonl"), seed=cfg.seed) if gvm else None
+    rm_accuracy = json.loads((rm / "dvpo_complete.json").read_text()).get("eval_accuracy") if rm else None
+    settings = LAB_SETTINGS.format(seed=cfg.seed, steps=budget.rl_steps, dpo_epochs=budget.dpo_epochs) + " " + (
+        LAB_JUDGE if judge is judge_model else LLM_JUDGE.format(model=cfg.judge_model, endpoint=cfg.judge_endpoint))
+    if cfg.overrides:
+        settings += f" Overrides of these settings: {json.dumps(cfg.overrides)}."
+    return write_report(root, cfg, budget, seeds, scores, runs, gvm_accuracy, rm_accuracy,
+                        {**run.seconds, **timer.seconds}, settings)

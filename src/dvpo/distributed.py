@@ -1,0 +1,95 @@
+"""Multi-process plumbing, chosen in code so one launch command serves a GPU cluster and a CPU box.
+
+`accelerate launch --multi_gpu --num_processes N -m dvpo <stage>` starts N processes. Without
+CUDA, DDP over gloo needs `cpu=True`; DeepSpeed needs the gloo backend and must NOT get
+`cpu=True`, which silently drops it and runs plain DDP (measured, shared/notes/distributed-on-cpu.md).
+The helpers below also give the RL loop what data parallelism needs beyond gradient averaging:
+contiguous shards of the rollout batch, and statistics of the whole batch across processes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import InitProcessGroupKwargs
+
+
+def deepspeed_requested() -> bool:
+    """True under `accelerate launch --use_deepspeed` (or a config file that selects DeepSpeed)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def on_cpu() -> bool:
+    return not torch.cuda.is_available()
+
+
+def process_state() -> PartialState:
+    """The shared process state (initialises the process group when launched with several processes)."""
+    if on_cpu() and deepspeed_requested():
+        return PartialState(backend="gloo")
+    return PartialState(cpu=on_cpu())
+
+
+def make_accelerator(**kwargs) -> Accelerator:
+    """An Accelerator whose device and backend suit this machine and launch mode."""
+    if on_cpu() and deepspeed_requested():
+        return Accelerator(kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")], **kwargs)
+    return Accelerator(cpu=on_cpu(), **kwargs)
+
+
+def trainer_device_arguments() -> dict:
+    """TrainingArguments fields with the same choice as `make_accelerator`, for the Trainer-based stages."""
+    if not on_cpu():
+        return {"use_cpu": False}
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return {"use_cpu": not deepspeed_requested(), **({"ddp_backend": "gloo"} if launched else {})}
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """[start, end) of this process's contiguous share of n items; n must split evenly."""
+    if n % world:
+        raise ValueError(f"{n} items do not split evenly over {world} processes")
+    size = n // world
+    return rank * size, (rank + 1) * size
+
+
+class BatchStats:
+    """Sums over the rollout batch of every process, so normalisation sees the global batch.
+
+    A single process (or `accelerator=None`) reduces nothing, and the results are the local ones.
+    """
+
+    def __init__(self, accelerator: Accelerator | None = None):
+        self.accelerator = accelerator
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum of a small float tensor across processes, in float64."""
+        values = values.double()
+        if self.accelerator is None or self.accelerator.num_processes == 1:
+            return values
+        return self.accelerator.reduce(values.to(self.accelerator.device), reduction="sum").to(values.device)
+
+    def masked_moments(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean, population variance, count) of x over the valid tokens of the whole batch."""
+        m = mask.to(x.dtype)
+        total, squares, count = self.sum(torch.stack([(x * m).sum(), (x * x * m).sum(), m.sum()]))
+        count = count.clamp(min=1.0)
+        mean = total / count
+        var = (squares / count - mean * mean).clamp(min=0.0)
+        return mean.to(x.dtype), var.to(x.dtype), count
+
+    def masked_whiten(self, x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+        """`dvpo.algos.masked.masked_whiten` (unbiased variance) over the whole batch."""
+        mean, var, count = self.masked_moments(x, mask)
+        unbiased = var * count / (count - 1).clamp(min=1.0)
+        return (x - mean) * torch.rsqrt(unbiased.to(x.dtype) + eps) * mask.to(x.dtype)
+
+    def mean_of(self, record: dict[str, float]) -> dict[str, float]:
+        """Every float of a per-process metrics record averaged over the processes."""
+        keys = sorted(k for k, v in record.items() if isinstance(v, float))
+        if not keys or self.accelerator is None or self.accelerator.num_processes == 1:
+            return record
+        sums = self.sum(torch.tensor([record[k] for k in keys])) / self.accelerator.num_processes
+        return {**record, **{k: float(v) for k, v in zip(keys, sums)}}

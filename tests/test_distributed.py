@@ -1,0 +1,155 @@
+"""Real multi-process runs: `accelerate launch` with 2 CPU processes over gloo, against 1 process.
+
+Each test checks what the silently-wrong launch modes would get wrong (see
+shared/notes/distributed-on-cpu.md): the world size and ranks the processes saw, that they
+trained on disjoint shares of the data, and that the result matches a single process with the
+same global batch. Runs go one after another (two processes fill both cores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "accelerate"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def launch(config: str, args: list[str], processes: int = 2) -> None:
+    """`accelerate launch --config_file configs/accelerate/<config> -m dvpo ...`, as the README says."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
+               "--num_processes", str(processes), "--main_process_port", str(_free_port()), "-m", "dvpo", *args]
+    result = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def single(args: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "dvpo", *args], capture_output=True, text=True, env=_env(),
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(next(folder.rglob("model.safetensors"))))
+
+
+def assert_same_training(one: Path, two: Path, start: Path, tolerance: float = 0.02) -> None:
+    """The 2-process weights sit much closer to the 1-process weights than either to the start
+    (the update is measured on the weights the start has: a value head starts fresh)."""
+    w1, w2, w0 = weights(one), weights(two), weights(start)
+    moved = sum(((w1[k] - w0[k]) ** 2).sum() for k in w0 if k in w1) ** 0.5
+    apart = sum(((w1[k] - w2[k]) ** 2).sum() for k in w1) ** 0.5
+    assert moved > 0, "training did not change the weights"
+    assert apart <= tolerance * moved, f"2-process result differs: {apart:.3g} vs update {moved:.3g}"
+
+
+def processes(folder: Path) -> list[dict]:
+    return json.loads((folder / "processes.json").read_text())
+
+
+def assert_disjoint_shards(record: list[dict], world: int) -> set:
+    assert [p["rank"] for p in record] == list(range(world))
+    assert all(p["world_size"] == world for p in record)
+    shards = [set(p["rows"]) for p in record]
+    assert all(shards), "a process trained on nothing"
+    for i in range(world):
+        for j in range(i + 1, world):
+            assert not shards[i] & shards[j], f"ranks {i} and {j} shared rows"
+    return set().union(*shards)
+
+
+@pytest.mark.slow
+def test_sft_two_processes_shard_the_data_and_match_one(tiny_model, lab_data, tmp_path):
+    common = ["sft", "--model", str(tiny_model), "--data", str(lab_data["sft"]), "--max-steps", "3",
+              "--learning-rate", "1e-3", "--max-length", "64", "--save-steps", "100", "--seed", "3"]
+    single([*common, "--batch-size", "8", "--out", str(tmp_path / "one")])
+    launch("ddp.yaml", [*common, "--batch-size", "4", "--out", str(tmp_path / "two")])
+    seen = assert_disjoint_shards(processes(tmp_path / "two"), 2)
+    assert seen == set(processes(tmp_path / "one")[0]["rows"])  # the same global batches, split in two
+    assert_same_training(tmp_path / "one", tmp_path / "two", tiny_model)
+
+
+@pytest.mark.slow
+def test_gvm_two_processes_shard_the_data_and_match_one(tiny_model, lab_data, tmp_path):
+    common = ["gvm", "--model", str(tiny_model), "--data", str(lab_data["rated"]), "--max-steps", "3",
+              "--learning-rate", "1e-3", "--max-length", "96", "--td-lambda", "1", "--value-normalization", "none",
+              "--save-steps", "100", "--stats-rows", "16"]
+    single([*common, "--batch-size", "8", "--out", str(tmp_path / "one")])
+    launch("ddp.yaml", [*common, "--batch-size", "4", "--out", str(tmp_path / "two")])
+    seen = assert_disjoint_shards(processes(tmp_path / "two"), 2)
+    assert seen == set(processes(tmp_path / "one")[0]["rows"])
+    # The value head starts fresh (same seed in both runs); the update is measured on the shared body.
+    assert_same_training(tmp_path / "one", tmp_path / "two", tiny_model, tolerance=0.05)
+
+
+def _rl_args(tiny_model, gvm, lab_data, out, *extra):
+    return ["rl", "--algo", "dvpo", "--policy", str(tiny_model), "--gvm", str(gvm), "--prompts",
+            str(lab_data["prompts"]), "--out", str(out), "--steps", "3", "--rollout-batch-size", "8",
+            "--mini-batch-size", "8", "--ppo-epochs", "2", "--learning-rate", "1e-3", "--max-new-tokens", "8",
+            "--save-every", "100", "--eval-prompts", str(lab_data["test_prompts"]), "--eval-every", "3", *extra]
+
+
+@pytest.fixture(scope="module")
+def small_gvm(tiny_model, lab_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist-gvm") / "gvm"
+    single(["gvm", "--model", str(tiny_model), "--data", str(lab_data["rated"]), "--out", str(out),
+            "--max-steps", "3", "--batch-size", "8", "--learning-rate", "1e-3", "--max-length", "96"])
+    return out
+
+
+@pytest.mark.slow
+def test_rl_dvpo_two_processes_match_one(tiny_model, small_gvm, lab_data, tmp_path):
+    single(_rl_args(tiny_model, small_gvm, lab_data, tmp_path / "one"))
+    launch("ddp.yaml", _rl_args(tiny_model, small_gvm, lab_data, tmp_path / "two"))
+    record = processes(tmp_path / "two")
+    seen = assert_disjoint_shards(record, 2)
+    assert seen == set(processes(tmp_path / "one")[0]["rows"])
+    one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(one, two):  # the same samples, so the same batch metrics
+        for key in ("score", "kl", "response_length", "value_mean", "eval_score"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-3), (a["step"], key)
+    assert_same_training(tmp_path / "one", tmp_path / "two", tiny_model)
+
+
+@pytest.mark.slow
+def test_sft_under_deepspeed_zero2_matches_one_process(tiny_model, lab_data, tmp_path):
+    pytest.importorskip("deepspeed")
+    common = ["sft", "--model", str(tiny_model), "--data", str(lab_data["sft"]), "--max-steps", "3",
+              "--learning-rate", "1e-3", "--max-length", "64", "--save-steps", "100", "--seed", "3"]
+    single([*common, "--batch-size", "8", "--out", str(tmp_path / "one")])
+    launch("zero2.yaml", [*common, "--batch-size", "4", "--out", str(tmp_path / "two")])
+    record = processes(tmp_path / "two")
+    assert all(p["distributed_type"] == "DEEPSPEED" for p in record)
+    assert_disjoint_shards(record, 2)
+    assert_same_training(tmp_path / "one", tmp_path / "two", tiny_model)
+
+
+@pytest.mark.slow
+def test_rl_dvpo_under_deepspeed_zero2_matches_one_process(tiny_model, small_gvm, lab_data, tmp_path):
+    pytest.importorskip("deepspeed")
+    single(_rl_args(tiny_model, small_gvm, lab_data, tmp_path / "one"))
+    launch("zero2.yaml", _rl_args(tiny_model, small_gvm, lab_data, tmp_path / "two"))
+    record = processes(tmp_path / "two")
+    assert all(p["distributed_type"] == "DEEPSPEED" for p in record)
+    assert_disjoint_shards(record, 2)
+    assert_same_training(tmp_path / "one", tmp_path / "two", tiny_model)
