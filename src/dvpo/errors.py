@@ -1,4 +1,5 @@
-"""Turn expected failures (bad data, missing files, finished runs) into one clear line and exit code 2.
+"""Turn expected failures into one clear line: bad data, options, models or files exit 2; a non-finite
+loss or running out of memory exits 3 (with what to change); a stop on a signal exits 128 + signal.
 
 Kept free of heavy imports: the data and model layers import `ModelError` from here.
 """
@@ -18,10 +19,19 @@ class ModelError(ValueError):
     without the chat template a conversational row needs. The message names the folder or id."""
 
 
+MEMORY_ADVICE = ("settings that reduce memory: a smaller --batch-size or --mini-batch-size (with "
+                 "--gradient-accumulation-steps to keep the batch), a shorter --max-length or --max-new-tokens, "
+                 "--gradient-checkpointing, LoRA (--lora-r 8), --dtype bfloat16, or a DeepSpeed ZeRO config "
+                 "(accelerate launch --config_file configs/accelerate/zero2.yaml)")
+
+
 @contextlib.contextmanager
 def user_facing_errors():
+    import torch
+
     from dvpo.config import ConfigError
     from dvpo.data.formats import DataError
+    from dvpo.trainers.interrupts import RunInterrupted
     from dvpo.trainers.run_dir import RunComplete
 
     try:
@@ -29,6 +39,16 @@ def user_facing_errors():
     except RunComplete as done:
         print(f"dvpo: {done}", file=sys.stderr)
         sys.exit(0)
+    except RunInterrupted as stopped:
+        print(f"dvpo: {stopped}", file=sys.stderr)
+        sys.exit(stopped.exit_code)
+    except FloatingPointError as error:
+        print(f"dvpo: error: {error}", file=sys.stderr)
+        sys.exit(3)
+    except (torch.OutOfMemoryError, MemoryError) as error:
+        first_line = (str(error).splitlines() or ["out of memory"])[0]
+        print(f"dvpo: error: out of memory ({first_line}); {MEMORY_ADVICE}", file=sys.stderr)
+        sys.exit(3)
     except (DataError, ConfigError, ModelError, FileNotFoundError) as error:
         logger.debug("traceback of the error below", exc_info=True)  # shown with `dvpo -v`
         print(f"dvpo: error: {error}", file=sys.stderr)

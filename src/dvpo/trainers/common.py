@@ -40,6 +40,7 @@ def training_arguments(cfg, folder: Path, scheduler: str, **overrides) -> Traini
         remove_unused_columns=False,
         dataloader_num_workers=0,
         save_only_model=False,
+        logging_nan_inf_filter=False,  # a NaN loss must show (and stop the run), not be averaged away
     )
     kwargs.update(trainer_device_arguments())
     if cfg.gradient_checkpointing:

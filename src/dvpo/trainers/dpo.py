@@ -19,8 +19,9 @@ from dvpo.data.tokenize import ensure_pad_token
 from dvpo.eval.rm_accuracy import load_pair_rows, pairwise_pairs
 from dvpo.models.loading import load_causal_lm, load_tokenizer
 from dvpo.trainers.common import maybe_lora, training_arguments
+from dvpo.trainers.interrupts import StopOnSignal, raise_if_stopped
 from dvpo.trainers.metrics import MetricsFileCallback
-from dvpo.trainers.run_dir import mark_complete, start_run
+from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +47,10 @@ def run_dpo(cfg: DpoConfig) -> Path:
     args = DPOConfig(**{**base.to_dict(), "beta": cfg.beta, "max_length": cfg.max_length})
     trainer = DPOTrainer(model=maybe_lora(load_causal_lm(cfg.model, cfg.dtype), cfg, task_type="CAUSAL_LM"),
                          args=args, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[MetricsFileCallback(folder, plot_keys=("loss", "rewards/accuracies",
+                         callbacks=[StopOnSignal(), MetricsFileCallback(folder, plot_keys=("loss", "rewards/accuracies",
                                                                            "rewards/margins"))])
     result = trainer.train(resume_from_checkpoint=resume_from)
+    raise_if_stopped(result.global_step, folder / CHECKPOINTS)
     if trainer.is_world_process_zero():
         final = trainer.model.merge_and_unload() if cfg.lora_r > 0 else trainer.model
         final.save_pretrained(folder)

@@ -26,8 +26,9 @@ from dvpo.data.tokenize import ensure_pad_token, tokenize_rows
 from dvpo.models.loading import load_tokenizer, model_reference
 from dvpo.models.value_model import MODEL_SUBDIR, GvmMeta, build_value_model, gather_values, value_positions
 from dvpo.trainers.common import RowRecorder, maybe_lora, training_arguments
+from dvpo.trainers.interrupts import StopOnSignal, raise_if_stopped
 from dvpo.trainers.metrics import MetricsFileCallback
-from dvpo.trainers.run_dir import mark_complete, start_run
+from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -124,10 +125,11 @@ def run_gvm(cfg: GvmConfig) -> Path:
         args=training_arguments(cfg, folder, scheduler="cosine"),
         train_dataset=Dataset.from_list([{**f, "row": i} for i, f in enumerate(features)]),
         data_collator=recorder,
-        callbacks=[MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm")), recorder],
+        callbacks=[StopOnSignal(), MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm")), recorder],
         gamma=cfg.gamma, td_lambda=cfg.td_lambda, batch_norm=cfg.value_normalization == "batch",
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
+    raise_if_stopped(result.global_step, folder / CHECKPOINTS)
     if trainer.is_world_process_zero():
         stats_rows = features[:: max(1, len(features) // cfg.stats_rows)][: cfg.stats_rows]
         value_mean, value_std = value_statistics(trainer.model, stats_rows, collator)

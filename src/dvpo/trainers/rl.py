@@ -41,7 +41,8 @@ from dvpo.distributed import BatchStats, deepspeed_requested, make_accelerator, 
 from dvpo.trainers.common import write_process_record
 from dvpo.trainers.metrics import peak_memory_bytes
 from dvpo.trainers.rl_state import RlCheckpointer
-from dvpo.trainers.run_dir import mark_complete, start_run
+from dvpo.trainers.interrupts import STOP, NonFiniteLoss, RunInterrupted
+from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -187,8 +188,14 @@ def run_rl(cfg: RlConfig) -> Path:
         if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
             raise FloatingPointError(f"non-finite metric at step {step + 1}: {record}; "
                                      f"the last good checkpoint is kept in {checkpointer.root}")
-        if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+        last, periodic = step + 1 == cfg.steps, (step + 1) % cfg.save_every == 0
+        if periodic and not last:
             checkpointer.save(step + 1, controller)
+        signum = None if last else STOP.requested()
+        if signum:
+            if not periodic:
+                checkpointer.save(step + 1, controller)
+            raise RunInterrupted(signum, step + 1, checkpointer.root)
     write_process_record(folder, {"rank": accelerator.process_index, "world_size": accelerator.num_processes,
                                   "distributed_type": accelerator.distributed_type.value, "rows": loop.rows},
                          accelerator.num_processes, main_process)
@@ -291,6 +298,9 @@ class RlLoop:
                 value_loss, value_stats = self.source.value_loss(mb_seq, mb_exp)
                 if value_loss is not None:
                     loss = loss + cfg.vf_coef * value_loss
+                total = self.stats.sum(loss.detach().reshape(1))[0]  # every process sees a NaN anywhere
+                if not torch.isfinite(total):
+                    raise NonFiniteLoss(step + 1, float(total), Path(cfg.out) / CHECKPOINTS)
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.critic_optimizer:
                     self.critic_optimizer.zero_grad(set_to_none=True)

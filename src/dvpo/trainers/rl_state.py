@@ -10,12 +10,15 @@ once all are done, so a crash never leaves a half-written checkpoint; only the l
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
 from dvpo.trainers.run_dir import CHECKPOINTS
 
 META_FILE = "meta.json"
+
+logger = logging.getLogger(__name__)
 
 
 class RlCheckpointer:
@@ -56,6 +59,7 @@ class RlCheckpointer:
         if not existing:
             return 0
         latest = existing[-1]
+        logger.info("resuming from %s", latest)
         self.accelerator.load_state(str(latest))
         meta = json.loads((latest / META_FILE).read_text())
         controller.load_state_dict(meta["controller"])

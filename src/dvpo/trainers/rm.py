@@ -26,8 +26,9 @@ from dvpo.eval.rm_accuracy import (load_pair_rows, pairwise_pairs, response_key,
 from dvpo.models.loading import load_tokenizer, model_reference
 from dvpo.models.reward_model import MODEL_SUBDIR, RewardModel, RmMeta, build_reward_model, encode_response
 from dvpo.trainers.common import RowRecorder, maybe_lora, training_arguments
+from dvpo.trainers.interrupts import StopOnSignal, raise_if_stopped
 from dvpo.trainers.metrics import MetricsFileCallback
-from dvpo.trainers.run_dir import mark_complete, start_run
+from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +104,10 @@ def run_rm(cfg: RmConfig) -> Path:
         args=training_arguments(cfg, folder, scheduler="linear"),
         train_dataset=Dataset.from_list([{**f, "row": i} for i, f in enumerate(features)]),
         data_collator=recorder,
-        callbacks=[MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm")), recorder],
+        callbacks=[StopOnSignal(), MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm")), recorder],
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
+    raise_if_stopped(result.global_step, folder / CHECKPOINTS)
     if trainer.is_world_process_zero():
         meta = RmMeta(base_model=model_reference(cfg.model),
                       lora=cfg.lora_r > 0, max_length=cfg.max_length)

@@ -18,8 +18,9 @@ from dvpo.data.formats import load_rows
 from dvpo.data.tokenize import ensure_pad_token, tokenize_rows
 from dvpo.models.loading import load_causal_lm, load_tokenizer
 from dvpo.trainers.common import RowRecorder, maybe_lora, training_arguments
+from dvpo.trainers.interrupts import StopOnSignal, raise_if_stopped
 from dvpo.trainers.metrics import MetricsFileCallback
-from dvpo.trainers.run_dir import mark_complete, start_run
+from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +40,10 @@ def run_sft(cfg: SftConfig) -> Path:
         args=training_arguments(cfg, folder, scheduler="cosine"),
         train_dataset=dataset,
         data_collator=recorder,
-        callbacks=[MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm")), recorder],
+        callbacks=[StopOnSignal(), MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm")), recorder],
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
+    raise_if_stopped(result.global_step, folder / CHECKPOINTS)
     if trainer.is_world_process_zero():
         final = trainer.model.merge_and_unload() if cfg.lora_r > 0 else trainer.model
         final.save_pretrained(folder)

@@ -1,0 +1,93 @@
+"""Stopping a run cleanly: on Ctrl-C or SIGTERM (a scheduler's pre-emption), and on non-finite losses.
+
+The first SIGINT or SIGTERM asks the run to stop after its current step; the loop then saves a
+checkpoint and exits with 128 + the signal number, and re-running the same command resumes. A
+second Ctrl-C stops at once (the last periodic checkpoint remains). With several processes the
+request is shared, so every process stops after the same step and saves the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+
+class RunInterrupted(RuntimeError):
+    """The run stopped on a signal after saving a checkpoint; `exit_code` is 128 + the signal number."""
+
+    def __init__(self, signum: int, step: int, folder: Path):
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; a checkpoint is saved in "
+                         f"{folder}: run the same command again to resume")
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A NaN or infinite loss: the run stops before the bad update is saved."""
+
+    def __init__(self, step: int, value: float, folder: Path):
+        super().__init__(f"non-finite loss ({value}) at step {step}; the last good checkpoint is kept in "
+                         f"{folder}; lower the learning rate or check the data, then resume or --overwrite")
+
+
+class StopRequest:
+    """Remembers the first SIGINT/SIGTERM instead of dying mid-step."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        self.signum = None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.signum = signum
+        logger.warning("%s received: stopping after this step and saving a checkpoint (Ctrl-C again to stop "
+                       "at once)", signal.Signals(signum).name)
+
+    def requested(self) -> int | None:
+        """The signal asked for on any process (the maximum across processes), or None."""
+        local = float(self.signum or 0)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            from accelerate import PartialState
+
+            flag = torch.tensor([local], device=PartialState().device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            local = float(flag.item())
+        return int(local) or None
+
+
+STOP = StopRequest()
+
+
+class StopOnSignal(TrainerCallback):
+    """For `transformers.Trainer`: on a stop request, save a checkpoint at this step and end training."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if STOP.requested():
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            raise NonFiniteLoss(state.global_step, loss, Path(args.output_dir))
+
+
+def raise_if_stopped(step: int, folder: Path) -> None:
+    """After training returns: a stop request means the run is not complete."""
+    signum = STOP.requested()
+    if signum:
+        raise RunInterrupted(signum, step, folder)
