@@ -7,6 +7,10 @@ Models are freshly initialised (speed and memory do not depend on training).
 
     python benchmarks/efficiency.py --size medium --output benchmarks/results/efficiency_medium.json
     python benchmarks/efficiency.py --peer tiny --output benchmarks/results/efficiency_peer_tiny.json
+    python benchmarks/efficiency.py --size medium --levers --output benchmarks/results/efficiency_levers.json
+
+`--levers` also runs DVPO with each memory lever: a LoRA policy whose reference is the policy
+with adapters off (`--lora-r 8`), gradient checkpointing, and both.
 
 `--peer tiny|small` uses the settings of shared/notes/peer-timings.md (TRL on this kind of
 machine): Llama of hidden 256/4 layers or 512/8 layers, vocab 2978, 8 prompts of exactly 16
@@ -32,6 +36,8 @@ PEER = {  # hidden, layers, heads, intermediate; TRL's figures are in shared/not
 }
 PEER_TRL_PPO_SECONDS = {"tiny": 1.04, "small": 3.34}
 PEER_TRL_PPO_PEAK_MB = {"tiny": 742, "small": 1798}
+LEVERS = {"dvpo-lora": ["--lora-r", "8"], "dvpo-checkpointing": ["--gradient-checkpointing"],
+          "dvpo-lora-checkpointing": ["--lora-r", "8", "--gradient-checkpointing"]}
 
 
 def build_models(work: Path, args) -> dict[str, str]:
@@ -79,8 +85,10 @@ def worker(algo: str, models: dict, args) -> dict:
     from dvpo.cli import main
 
     out = Path(models["policy"]).parent / f"rl-{algo}"
+    levers = LEVERS.get(algo, [])
+    algo = algo.split("-")[0]
     source = ["--gvm", models["gvm"]] if algo == "dvpo" else ["--reward-model", models["rm"]]
-    main(["rl", "--algo", algo, "--policy", models["policy"], "--prompts", models["prompts"], "--out", str(out),
+    main(["rl", "--algo", algo, *levers, "--policy", models["policy"], "--prompts", models["prompts"], "--out", str(out),
           *source, "--steps", str(args.warmup + args.steps), "--rollout-batch-size", str(args.batch),
           "--mini-batch-size", str(args.mini_batch), "--ppo-epochs", str(args.ppo_epochs),
           "--learning-rate", str(args.lr), "--kl-coef", str(args.kl_coef), "--kl-target", "0",
@@ -100,7 +108,7 @@ def markdown(result: dict) -> str:
              f"{s['batch']} prompts x {s['new_tokens']} new tokens, {s['ppo_epochs']} PPO epoch(s), "
              f"{result['device']}, median of {s['steps']} steps after {s['warmup']} warm-up", "",
              "| | peak memory (MB) | s/step | generation | forward passes | update |", "| --- | --- | --- | --- | --- | --- |"]
-    for algo in ("dvpo", "ppo"):
+    for algo in ("dvpo", "ppo", *(k for k in LEVERS if k in result)):
         r = result[algo]
         lines.append(f"| {algo.upper()} | {r['peak_memory_bytes'] / 2**20:.0f} | {r['seconds_per_step']:.3f} | "
                      f"{r['time_generation']:.3f} | {r['time_forward']:.3f} | {r['time_update']:.3f} |")
@@ -127,6 +135,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--levers", action="store_true", help="also DVPO with LoRA and gradient checkpointing")
     parser.add_argument("--output", required=True, help="JSON path; the markdown table goes next to it (.md)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--models", help=argparse.SUPPRESS)
@@ -146,7 +155,7 @@ def main() -> None:
                   "parameters": models["parameters"],
                   "device": torch.cuda.get_device_name() if torch.cuda.is_available()
                   else f"CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"}
-        for algo in ("dvpo", "ppo"):
+        for algo in ("dvpo", "ppo", *(LEVERS if args.levers else ())):
             proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", algo,
                                    "--models", json.dumps(models)], capture_output=True, text=True)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]

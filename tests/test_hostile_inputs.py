@@ -501,3 +501,19 @@ def test_local_runs_open_no_connection_even_when_online(tiny_model, lab_data, tm
                 "--max-new-tokens", "2"]
     assert _cli([*argv, "--model", tiny_model], capsys) == (0, "")
     assert attempts == []
+
+
+def test_generation_cuts_prompts_longer_than_the_context_and_logs(tiny_model, tmp_path, caplog):
+    """Sampling keeps prompt + response inside the model's positions: long prompts lose their start."""
+    from transformers import AutoConfig
+
+    context = AutoConfig.from_pretrained(tiny_model).max_position_embeddings
+    prompts = tmp_path / "long.jsonl"
+    prompts.write_text(json.dumps({"prompt": "repeat " + " ".join(["7"] * (context + 50))}) + "\n"
+                       + json.dumps({"prompt": "sort 3 1 2"}) + "\n")
+    out = tmp_path / "gen.jsonl"
+    with caplog.at_level("WARNING"):
+        main(["generate", "--model", str(tiny_model), "--prompts", str(prompts), "--out", str(out),
+              "--max-new-tokens", "8"])
+    assert len(out.read_text().splitlines()) == 2
+    assert any("1 of 2 prompts longer than" in r.getMessage() for r in caplog.records)

@@ -150,3 +150,25 @@ def test_grpo_prompts_are_prompt_major_groups():
     # Two prompts x two samples, as the loop lays them out: rewards normalise within each pair.
     advantages = group_normalized_advantages(torch.tensor([1.0, 3.0, 10.0, 10.0]), 2)
     assert advantages[0] < 0 < advantages[1] and advantages[2] == advantages[3] == 0
+
+
+def test_lora_policy_uses_the_adapter_free_model_as_reference(tiny_model, tiny_gvm, lab_data, tmp_path):
+    out = tmp_path / "lora"
+    main(_rl_args(tiny_model, tiny_gvm, lab_data, out, "--lora-r", "4"))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["kl"] == 0.0  # LoRA starts as the identity: policy and reference agree exactly
+    assert records[-1]["kl"] != 0.0
+    trained = AutoModelForCausalLM.from_pretrained(out).state_dict()  # adapters merged into a plain model
+    start = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    assert trained.keys() == start.keys()
+    assert any(not torch.equal(trained[k], start[k]) for k in start)
+
+
+def test_gradient_checkpointing_changes_memory_not_results(tiny_model, tiny_gvm, lab_data, tmp_path):
+    main(_rl_args(tiny_model, tiny_gvm, lab_data, tmp_path / "plain", "--steps", "2"))
+    main(_rl_args(tiny_model, tiny_gvm, lab_data, tmp_path / "checkpointed", "--steps", "2",
+                  "--gradient-checkpointing"))
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "plain").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpointed").state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)

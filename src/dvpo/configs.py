@@ -214,6 +214,13 @@ class RlConfig:
     save_every: int = option(25, help="checkpoint every N steps")
     keep_checkpoints: int = option(2, help="checkpoints kept")
     dtype: str = option("auto", help="weights dtype", choices=DTYPE_CHOICES)
+    lora_r: int = option(0, help="LoRA rank of the policy (0: train all weights); the reference is then the policy "
+                         "with its adapters switched off, so no second copy of the model is held")
+    lora_alpha: int = option(32, help="LoRA alpha of the policy")
+    lora_dropout: float = option(0.0, help="LoRA dropout of the policy (0 keeps update log-probs equal to the "
+                                 "rollout's)")
+    gradient_checkpointing: bool = option(False, help="recompute the policy's activations in the update (less "
+                                          "memory, more time)")
     report_to: str = option("none", help="also log to: none, tensorboard or wandb")
     seed: int = option(0, help="seed")
     overwrite: bool = option(False, help="start afresh even if --out holds a run")

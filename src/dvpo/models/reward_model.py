@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from dvpo.data.collate import pad_sequences
 from dvpo.data.tokenize import encode_example, ensure_pad_token, truncate
 from dvpo.models.frozen import FrozenScorer, StageMeta
-from dvpo.models.loading import check_model_path, default_device, load_tokenizer, resolve_dtype
+from dvpo.models.loading import check_model_path, default_device, load_tokenizer, loading_errors, resolve_dtype
 
 RM_META = "dvpo_rm.json"
 MODEL_SUBDIR = "model"
@@ -33,10 +33,11 @@ def build_reward_model(path: str, dtype: str = "auto"):
     """A sequence-score model whose backbone comes from a causal LM folder; the head starts fresh."""
     check_model_path(path)
     tokenizer = ensure_pad_token(load_tokenizer(path))
-    config = AutoConfig.from_pretrained(path, num_labels=1)
-    config.classifier_dropout = 0.0  # dropout before a scalar head only adds noise to the scores
-    config.pad_token_id = tokenizer.pad_token_id  # how the model finds each row's last token
-    return AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=resolve_dtype(dtype))
+    with loading_errors("model", path):
+        config = AutoConfig.from_pretrained(path, num_labels=1)
+        config.classifier_dropout = 0.0  # dropout before a scalar head only adds noise to the scores
+        config.pad_token_id = tokenizer.pad_token_id  # how the model finds each row's last token
+        return AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=resolve_dtype(dtype))
 
 
 def encode_response(tokenizer, prompt, response, max_length: int) -> tuple[list[int], str]:
@@ -93,11 +94,14 @@ def load_reward_model(folder: str | Path, device: str | torch.device | None = No
         raise FileNotFoundError(f"{folder} is not a reward model folder (no {RM_META}); train one with `dvpo rm`")
     meta = RmMeta.load(folder)
     model_dir = folder / MODEL_SUBDIR
-    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(model_dir))  # saved by `dvpo rm` beside the model
-    if meta.lora:
-        from peft import PeftModel
+    if not meta.lora:
+        check_model_path(str(model_dir), tokenizer=True)
+    with loading_errors("reward model", str(model_dir)):
+        tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(model_dir))  # saved by `dvpo rm` beside the model
+        if meta.lora:
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(build_reward_model(meta.base_model, dtype), str(model_dir))
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=resolve_dtype(dtype))
+            model = PeftModel.from_pretrained(build_reward_model(meta.base_model, dtype), str(model_dir))
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=resolve_dtype(dtype))
     return RewardModel(model.to(device or default_device()), tokenizer, meta)

@@ -22,7 +22,7 @@ from dvpo.data.collate import pad_sequences
 from dvpo.data.tau import conditioned_prompt
 from dvpo.data.tokenize import encode_example, ensure_pad_token, truncate
 from dvpo.models.frozen import FrozenScorer, StageMeta
-from dvpo.models.loading import check_model_path, default_device, resolve_dtype
+from dvpo.models.loading import check_model_path, default_device, loading_errors, resolve_dtype
 
 GVM_META = "dvpo_gvm.json"
 MODEL_SUBDIR = "model"
@@ -31,9 +31,10 @@ MODEL_SUBDIR = "model"
 def build_value_model(path: str, dtype: str = "auto"):
     """A token-value model whose backbone comes from a causal LM folder; the head starts fresh."""
     check_model_path(path)
-    config = AutoConfig.from_pretrained(path, num_labels=1)
-    config.classifier_dropout = 0.0  # dropout before a regression head only adds noise to the targets
-    return AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=resolve_dtype(dtype))
+    with loading_errors("model", path):
+        config = AutoConfig.from_pretrained(path, num_labels=1)
+        config.classifier_dropout = 0.0  # dropout before a regression head only adds noise to the targets
+        return AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=resolve_dtype(dtype))
 
 
 def value_positions(response_mask: list[int]) -> tuple[int, int]:
@@ -125,12 +126,15 @@ def load_value_model(folder: str | Path, device: str | torch.device | None = Non
         raise FileNotFoundError(f"{folder} is not a GVM folder (no {GVM_META}); train one with `dvpo gvm`")
     meta = GvmMeta.load(folder)
     model_dir = folder / MODEL_SUBDIR
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)  # saved by `dvpo gvm` beside the model or adapter
-    ensure_pad_token(tokenizer)
-    if meta.lora:
-        from peft import PeftModel
+    if not meta.lora:
+        check_model_path(str(model_dir), tokenizer=True)
+    with loading_errors("value model", str(model_dir)):
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)  # saved by `dvpo gvm` beside the model or adapter
+        ensure_pad_token(tokenizer)
+        if meta.lora:
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(build_value_model(meta.base_model, dtype), str(model_dir))
-    else:
-        model = AutoModelForTokenClassification.from_pretrained(str(model_dir), dtype=resolve_dtype(dtype))
+            model = PeftModel.from_pretrained(build_value_model(meta.base_model, dtype), str(model_dir))
+        else:
+            model = AutoModelForTokenClassification.from_pretrained(str(model_dir), dtype=resolve_dtype(dtype))
     return GlobalValueModel(model.to(device or default_device()), tokenizer, meta)

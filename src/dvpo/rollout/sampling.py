@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
 
+from dvpo.config import ConfigError
 from dvpo.data.collate import pad_sequences
+from dvpo.data.tokenize import truncate_prompts
 
 
 @dataclass
@@ -66,6 +68,12 @@ def sample(model, prompt_id_lists: list[list[int]], pad_token_id: int, eos_token
     (row offsets and global rows count sampled rows, i.e. prompts x num_samples).
     """
     device = next(model.parameters()).device
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context:  # prompt plus response must fit the model's positions; prompts are cut from the left (logged)
+        if max_new_tokens >= context:
+            raise ConfigError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's "
+                              f"{context} positions")
+        prompt_id_lists = truncate_prompts(prompt_id_lists, context - max_new_tokens)
     rows = [p for p in prompt_id_lists for _ in range(num_samples)]  # prompt-major, as generate would expand
     prompt_ids = pad_sequences(rows, pad_token_id, side="left").to(device)
     prompt_mask = pad_sequences([[1] * len(p) for p in rows], 0, side="left").to(device)

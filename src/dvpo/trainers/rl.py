@@ -121,9 +121,36 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
+class AdapterOff:
+    """The LoRA policy with its adapters switched off: the SFT model, without a second copy in memory."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def __call__(self, **inputs):
+        with self.policy.disable_adapter():
+            return self.policy(**inputs)
+
+
+def load_policy_and_reference(cfg: RlConfig, device):
+    """The trained policy and the frozen reference (a second copy, or the policy with adapters off under LoRA)."""
+    policy = load_causal_lm(cfg.policy, cfg.dtype).to(device)
+    if cfg.gradient_checkpointing:
+        policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        policy = get_peft_model(policy, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                   lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+                                                   target_modules="all-linear"))
+        return policy, AdapterOff(policy)
+    return policy, load_causal_lm(cfg.policy, cfg.dtype).to(device).eval().requires_grad_(False)
+
+
 def prepare_models(cfg: RlConfig, accelerator, policy, source):
     """Wrap the trained modules for data parallelism (DDP or DeepSpeed); frozen ones stay as they are."""
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                                  eps=1e-5)
     if not source.trainable:
         policy, optimizer = accelerator.prepare(policy, optimizer)
         return policy, optimizer, None
@@ -157,8 +184,7 @@ def run_rl(cfg: RlConfig) -> Path:
     prompts = [row["prompt"] for row in load_rows(cfg.prompts, "prompts", split=cfg.split)]
     if len(prompts) < 2:
         raise ValueError(f"{cfg.prompts}: RL needs at least two prompts")
-    policy = load_causal_lm(cfg.policy, cfg.dtype).to(accelerator.device)
-    reference = load_causal_lm(cfg.policy, cfg.dtype).to(accelerator.device).eval().requires_grad_(False)
+    policy, reference = load_policy_and_reference(cfg, accelerator.device)
     source = build_source(cfg, accelerator.device, policy, tokenizer)
     policy, optimizer, critic_optimizer = prepare_models(cfg, accelerator, policy, source)
     controller = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
@@ -201,7 +227,11 @@ def run_rl(cfg: RlConfig) -> Path:
                          accelerator.num_processes, main_process)
     accelerator.wait_for_everyone()
     final = accelerator.unwrap_model(policy)
-    state = accelerator.get_state_dict(policy)  # gathers ZeRO-3 shards on every process
+    if cfg.lora_r > 0:
+        final = final.merge_and_unload()  # a plain model, like every other stage writes
+        state = final.state_dict()
+    else:
+        state = accelerator.get_state_dict(policy)  # gathers ZeRO-3 shards on every process
     if main_process:
         final.save_pretrained(folder, state_dict=state)
         tokenizer.save_pretrained(folder)
