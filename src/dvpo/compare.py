@@ -43,7 +43,7 @@ LAB_SETTINGS = (
     "SFT, the GVM and the reward model are trained once (seed {seed}); each seed then trains every method from "
     "the same SFT model. DVPO, PPO, ReMax and GRPO share every RL setting: {steps} steps of 32 samples from the "
     "same RL prompts (GRPO: 8 prompts × 4), minibatch 8, 2 PPO epochs, lr 1e-4, KL 0.2 adaptive towards 0.1, "
-    "24 new tokens; DVPO uses the difference advantage. ReMax also decodes one greedy response per prompt for "
+    "24 new tokens; DVPO uses the paper's advantage, the GVM's batch-normalised token value. ReMax also decodes one greedy response per prompt for "
     "its baseline. DPO trains offline on the rated split's best-vs-worst pairs ({dpo_epochs:g} epoch, β 0.1, "
     "lr 1e-5). Stage settings: src/dvpo/pipeline.py.")
 LAB_JUDGE = ("Judge: the lab's ground truth on held-out prompts, 4 samples each at temperature 1; win rate per "
@@ -94,7 +94,7 @@ def method_config(method: str, sft: Path, gvm: Path, rm: Path, data: Path, out: 
     """Each method's run; the four online ones share every RL setting and differ in their advantage source."""
     if method == "dpo":
         return "dpo", dpo_config(sft, data, out, budget, seed)
-    source = {"gvm": str(gvm), "dvpo_advantage": "difference"} if method == "dvpo" else {"reward_model": str(rm)}
+    source = {"gvm": str(gvm)} if method == "dvpo" else {"reward_model": str(rm)}
     return "rl", rl_config(method, sft, data, out, budget, seed, **source)
 
 

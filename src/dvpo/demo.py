@@ -44,8 +44,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "sft": (run_sft, sft_config(init_dir, data, sft_dir, budget, cfg.seed)),
         "gvm": (run_gvm, gvm_config(sft_dir, data, gvm_dir, budget, cfg.seed)),
         "rm": (run_rm, rm_config(sft_dir, data, rm_dir, budget, cfg.seed)),
-        "dvpo": (run_rl, rl_config("dvpo", sft_dir, data, root / "dvpo", budget, cfg.seed, gvm=str(gvm_dir),
-                                   dvpo_advantage="difference")),
+        "dvpo": (run_rl, rl_config("dvpo", sft_dir, data, root / "dvpo", budget, cfg.seed, gvm=str(gvm_dir))),
         "ppo": (run_rl, rl_config("ppo", sft_dir, data, root / "ppo", budget, cfg.seed, reward_model=str(rm_dir))),
     }
     for name, (run, stage_cfg) in stages.items():
