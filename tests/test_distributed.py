@@ -153,3 +153,14 @@ def test_rl_dvpo_under_deepspeed_zero2_matches_one_process(tiny_model, small_gvm
     assert all(p["distributed_type"] == "DEEPSPEED" for p in record)
     assert_disjoint_shards(record, 2)
     assert_same_training(tmp_path / "one", tmp_path / "two", tiny_model)
+
+
+@pytest.mark.slow
+def test_rl_dvpo_under_fsdp_shards_the_policy_and_matches_one_process(tiny_model, small_gvm, lab_data, tmp_path):
+    single(_rl_args(tiny_model, small_gvm, lab_data, tmp_path / "one"))
+    launch("ddp.yaml", _rl_args(tiny_model, small_gvm, lab_data, tmp_path / "two", "--fsdp"))
+    record = processes(tmp_path / "two")
+    whole = processes(tmp_path / "one")[0]["parameters_held"]
+    assert all(p["fsdp"] and p["parameters_held"] < 0.6 * whole for p in record)
+    assert_disjoint_shards(record, 2)
+    assert_same_training(tmp_path / "one", tmp_path / "two", tiny_model)

@@ -221,6 +221,9 @@ class RlConfig:
                                  "rollout's)")
     gradient_checkpointing: bool = option(False, help="recompute the policy's activations in the update (less "
                                           "memory, more time)")
+    fsdp: bool = option(False, help="shard the policy, the reference (and PPO's critic) over the processes (FSDP2, "
+                        "torch's fully_shard, applied as transformers loads them); launch with "
+                        "configs/accelerate/ddp.yaml")
     report_to: str = option("none", help="also log to: none, tensorboard or wandb")
     seed: int = option(0, help="seed")
     overwrite: bool = option(False, help="start afresh even if --out holds a run")

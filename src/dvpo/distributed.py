@@ -47,6 +47,29 @@ def trainer_device_arguments() -> dict:
     return {"use_cpu": not deepspeed_requested(), **({"ddp_backend": "gloo"} if launched else {})}
 
 
+def fsdp_loading(enabled: bool) -> dict:
+    """`from_pretrained` arguments that shard a model over the processes with FSDP2 (torch's fully_shard,
+    applied by transformers at load time); empty when FSDP is off or there is one process."""
+    if not enabled:
+        return {}
+    if deepspeed_requested():
+        from dvpo.config import ConfigError
+
+        raise ConfigError("--fsdp and a DeepSpeed launch config both shard the model: choose one "
+                          "(launch --fsdp with configs/accelerate/ddp.yaml)")
+    state = process_state()
+    if state.num_processes == 1:
+        return {}
+    from transformers.distributed.configuration_utils import DistributedConfig
+
+    return {"distributed_config": DistributedConfig(fsdp_size=state.num_processes)}
+
+
+def parameters_held(model) -> int:
+    """Parameter elements this process holds: all of them unless the model is sharded."""
+    return sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
+
+
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     """[start, end) of this process's contiguous share of n items; n must split evenly."""
     if n % world:

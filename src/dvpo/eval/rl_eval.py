@@ -59,11 +59,10 @@ class PromptScorer:
             chunk = self.prompts[start:start + batch_size]
             low, high = len(chunk) * rank // world, len(chunk) * (rank + 1) // world
             mine = chunk[low:high]
-            if not mine:
-                continue
-            batch = sample(policy, [encode_prompt(tokenizer, p) for p in mine], tokenizer.pad_token_id,
+            rows = mine or chunk[:1]  # no share: sample one row, count none (sharded models need every process)
+            batch = sample(policy, [encode_prompt(tokenizer, p) for p in rows], tokenizer.pad_token_id,
                            tokenizer.eos_token_id, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                           noise=SharedNoise(noise_seed * 4099 + start, low, len(chunk)))
+                           noise=SharedNoise(noise_seed * 4099 + start, low if mine else 0, len(chunk)))
             texts = [t.strip() for t in tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)]
             total += sum(judge(p, t) for p, t in zip(mine, texts))
             count += len(mine)

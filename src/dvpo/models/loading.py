@@ -157,8 +157,12 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
     return tokenizer
 
 
-def load_causal_lm(path: str, dtype: str = "auto", trust_remote_code: bool = False) -> PreTrainedModel:
-    """Safetensors when the folder has them; a pickled checkpoint only with weights_only=True."""
+def load_causal_lm(path: str, dtype: str = "auto", trust_remote_code: bool = False,
+                   fsdp: bool = False) -> PreTrainedModel:
+    """Safetensors when the folder has them; a pickled checkpoint only with weights_only=True.
+    With `fsdp`, sharded over the processes as it loads (see `dvpo.distributed.fsdp_loading`)."""
+    from dvpo.distributed import fsdp_loading
+
     check_model_path(path, trust_remote_code=trust_remote_code)
     folder = Path(path).expanduser()
     if _looks_local(path) and not any((folder / n).is_file() for n in WEIGHT_FILES if n not in PICKLE_WEIGHTS):
@@ -166,7 +170,7 @@ def load_causal_lm(path: str, dtype: str = "auto", trust_remote_code: bool = Fal
     with loading_errors("model", path):
         return AutoModelForCausalLM.from_pretrained(
             path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=None,
-            weights_only=True,
+            weights_only=True, **fsdp_loading(fsdp),
         )
 
 

@@ -28,13 +28,17 @@ GVM_META = "dvpo_gvm.json"
 MODEL_SUBDIR = "model"
 
 
-def build_value_model(path: str, dtype: str = "auto"):
-    """A token-value model whose backbone comes from a causal LM folder; the head starts fresh."""
+def build_value_model(path: str, dtype: str = "auto", fsdp: bool = False):
+    """A token-value model whose backbone comes from a causal LM folder; the head starts fresh.
+    With `fsdp`, sharded over the processes as it loads (PPO's critic under `dvpo rl --fsdp`)."""
+    from dvpo.distributed import fsdp_loading
+
     check_model_path(path)
     with loading_errors("model", path):
         config = AutoConfig.from_pretrained(path, num_labels=1)
         config.classifier_dropout = 0.0  # dropout before a regression head only adds noise to the targets
-        return AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=resolve_dtype(dtype))
+        return AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=resolve_dtype(dtype),
+                                                               **fsdp_loading(fsdp))
 
 
 def value_positions(response_mask: list[int]) -> tuple[int, int]:

@@ -11,7 +11,7 @@ from accelerate.utils import gather_object
 from peft import LoraConfig, get_peft_model
 from transformers import TrainerCallback, TrainingArguments
 
-from dvpo.distributed import trainer_device_arguments
+from dvpo.distributed import parameters_held, trainer_device_arguments
 from dvpo.trainers.run_dir import CHECKPOINTS
 
 
@@ -88,5 +88,6 @@ class RowRecorder(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         entry = {"rank": args.process_index, "world_size": args.world_size,
-                 "distributed_type": args.distributed_state.distributed_type.value, "rows": self.rows}
+                 "distributed_type": args.distributed_state.distributed_type.value,
+                 "parameters_held": parameters_held(kwargs["model"]), "rows": self.rows}
         write_process_record(self.folder, entry, args.world_size, state.is_world_process_zero)

@@ -37,7 +37,7 @@ from dvpo.models.loading import load_causal_lm, load_tokenizer
 from dvpo.rollout.experience import build_sequences, response_logprobs
 from dvpo.rollout.sampling import SharedNoise, sample
 from dvpo.trainers.advantage_sources import DvpoSource, GrpoSource, PpoSource, RemaxSource, Rollout
-from dvpo.distributed import BatchStats, deepspeed_requested, make_accelerator, shard_bounds
+from dvpo.distributed import BatchStats, deepspeed_requested, make_accelerator, parameters_held, shard_bounds
 from dvpo.trainers.common import write_process_record
 from dvpo.trainers.metrics import peak_memory_bytes
 from dvpo.trainers.rl_state import RlCheckpointer
@@ -67,7 +67,7 @@ def build_source(cfg: RlConfig, device, policy, tokenizer):
     if cfg.algo == "remax":
         return RemaxSource(reward_model, policy, tokenizer, cfg.max_new_tokens, kl_in_reward)
     critic_init = cfg.critic_init or _default_critic_init(cfg)
-    critic = build_value_model(critic_init, cfg.dtype).to(device)
+    critic = build_value_model(critic_init, cfg.dtype, fsdp=cfg.fsdp).to(device)
     return PpoSource(reward_model, critic, cfg.gamma, cfg.gae_lambda, cfg.value_clip, kl_in_reward)
 
 
@@ -134,7 +134,9 @@ class AdapterOff:
 
 def load_policy_and_reference(cfg: RlConfig, device):
     """The trained policy and the frozen reference (a second copy, or the policy with adapters off under LoRA)."""
-    policy = load_causal_lm(cfg.policy, cfg.dtype).to(device)
+    if cfg.fsdp and cfg.lora_r > 0:
+        raise ConfigError("--fsdp shards full-weight training; LoRA (--lora-r) trains small adapters: use DDP")
+    policy = load_causal_lm(cfg.policy, cfg.dtype, fsdp=cfg.fsdp).to(device)
     if cfg.gradient_checkpointing:
         policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora_r > 0:
@@ -144,13 +146,19 @@ def load_policy_and_reference(cfg: RlConfig, device):
                                                    lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
                                                    target_modules="all-linear"))
         return policy, AdapterOff(policy)
-    return policy, load_causal_lm(cfg.policy, cfg.dtype).to(device).eval().requires_grad_(False)
+    return policy, load_causal_lm(cfg.policy, cfg.dtype, fsdp=cfg.fsdp).to(device).eval().requires_grad_(False)
 
 
 def prepare_models(cfg: RlConfig, accelerator, policy, source):
-    """Wrap the trained modules for data parallelism (DDP or DeepSpeed); frozen ones stay as they are."""
+    """Wrap the trained modules for data parallelism (DDP or DeepSpeed); frozen ones stay as they are.
+    Under --fsdp the models were sharded as they loaded and only get their optimizers."""
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                   eps=1e-5)
+    if cfg.fsdp:
+        critic_optimizer = (torch.optim.AdamW(source.trainable[0].parameters(), eps=1e-5,
+                                              lr=cfg.critic_learning_rate or cfg.learning_rate)
+                            if source.trainable else None)
+        return policy, optimizer, critic_optimizer
     if not source.trainable:
         policy, optimizer = accelerator.prepare(policy, optimizer)
         return policy, optimizer, None
@@ -189,7 +197,8 @@ def run_rl(cfg: RlConfig) -> Path:
     policy, optimizer, critic_optimizer = prepare_models(cfg, accelerator, policy, source)
     controller = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
                   else FixedKLController(cfg.kl_coef))
-    checkpointer = RlCheckpointer(folder, cfg.keep_checkpoints, accelerator)
+    sharded = [(policy, optimizer), *((source.trainable[0], critic_optimizer) for _ in source.trainable)]
+    checkpointer = RlCheckpointer(folder, cfg.keep_checkpoints, accelerator, sharded if cfg.fsdp else [])
     start_step = checkpointer.restore(controller)
     loop = RlLoop(cfg, accelerator, policy, reference, source, optimizer, critic_optimizer, controller, tokenizer,
                   prompts)
@@ -222,18 +231,23 @@ def run_rl(cfg: RlConfig) -> Path:
             if not periodic:
                 checkpointer.save(step + 1, controller)
             raise RunInterrupted(signum, step + 1, checkpointer.root)
+    final = accelerator.unwrap_model(policy)
     write_process_record(folder, {"rank": accelerator.process_index, "world_size": accelerator.num_processes,
-                                  "distributed_type": accelerator.distributed_type.value, "rows": loop.rows},
+                                  "distributed_type": accelerator.distributed_type.value, "fsdp": cfg.fsdp,
+                                  "parameters_held": parameters_held(final), "rows": loop.rows},
                          accelerator.num_processes, main_process)
     accelerator.wait_for_everyone()
-    final = accelerator.unwrap_model(policy)
-    if cfg.lora_r > 0:
-        final = final.merge_and_unload()  # a plain model, like every other stage writes
-        state = final.state_dict()
+    if cfg.fsdp:
+        final.save_pretrained(folder)  # every process: transformers gathers the shards, the main one writes
     else:
-        state = accelerator.get_state_dict(policy)  # gathers ZeRO-3 shards on every process
+        if cfg.lora_r > 0:
+            final = final.merge_and_unload()  # a plain model, like every other stage writes
+            state = final.state_dict()
+        else:
+            state = accelerator.get_state_dict(policy)  # gathers ZeRO-3 shards on every process
+        if main_process:
+            final.save_pretrained(folder, state_dict=state)
     if main_process:
-        final.save_pretrained(folder, state_dict=state)
         tokenizer.save_pretrained(folder)
         plot_metrics(metrics_path, ("score", "eval_score", "reward_mean", "kl", "kl_coef", "entropy",
                                     "response_length", "clip_frac"), folder / "metrics.png")

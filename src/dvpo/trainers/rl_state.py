@@ -1,7 +1,8 @@
 """Checkpoints of the online loop, for exact resume on any number of processes.
 
 A checkpoint is accelerate's `save_state` (every prepared model and optimizer, DeepSpeed's
-shards included, and each process's RNG states) plus the step and the KL controller. The
+shards included, and each process's RNG states) plus the step and the KL controller; models
+sharded with FSDP outside accelerate are saved as full state dicts (torch.distributed.checkpoint). The
 prompt position and the sampling and shuffling noise are functions of the step, so nothing
 else is needed. Every process writes into a temporary folder that the main process renames
 once all are done, so a crash never leaves a half-written checkpoint; only the last N are kept.
@@ -14,6 +15,9 @@ import logging
 import shutil
 from pathlib import Path
 
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
 from dvpo.trainers.run_dir import CHECKPOINTS
 
 META_FILE = "meta.json"
@@ -21,11 +25,16 @@ META_FILE = "meta.json"
 logger = logging.getLogger(__name__)
 
 
+FSDP_FILE = "fsdp_state.pt"
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
 class RlCheckpointer:
-    def __init__(self, folder: Path, keep: int, accelerator):
+    def __init__(self, folder: Path, keep: int, accelerator, sharded: list | None = None):
         self.root = folder / CHECKPOINTS
         self.keep = keep
         self.accelerator = accelerator
+        self.sharded = sharded or []  # (model, optimizer) pairs sharded by FSDP, not known to accelerate
 
     def _existing(self) -> list[Path]:
         if not self.root.is_dir():
@@ -42,6 +51,10 @@ class RlCheckpointer:
             tmp.mkdir(parents=True)
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(tmp))
+        if self.sharded:  # every process takes part in gathering; the main one writes
+            states = [get_state_dict(model, optimizer, options=FULL) for model, optimizer in self.sharded]
+            if main:
+                torch.save(states, tmp / FSDP_FILE)
         self.accelerator.wait_for_everyone()
         if main:
             (tmp / META_FILE).write_text(json.dumps({"step": step, "controller": controller.state_dict(),
@@ -61,6 +74,11 @@ class RlCheckpointer:
         latest = existing[-1]
         logger.info("resuming from %s", latest)
         self.accelerator.load_state(str(latest))
+        if self.sharded:
+            states = torch.load(latest / FSDP_FILE, weights_only=True, map_location="cpu")
+            for (model, optimizer), (model_state, optimizer_state) in zip(self.sharded, states):
+                set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
+                               options=StateDictOptions(full_state_dict=True))
         meta = json.loads((latest / META_FILE).read_text())
         controller.load_state_dict(meta["controller"])
         return int(meta["step"])

@@ -40,13 +40,17 @@ def run_sft(cfg: SftConfig) -> Path:
         args=training_arguments(cfg, folder, scheduler="cosine"),
         train_dataset=dataset,
         data_collator=recorder,
-        callbacks=[StopOnSignal(), MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm")), recorder],
+        callbacks=[StopOnSignal(), MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm")),
+                   recorder],
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
     raise_if_stopped(result.global_step, folder / CHECKPOINTS)
+    if cfg.lora_r > 0:
+        if trainer.is_world_process_zero():
+            trainer.model.merge_and_unload().save_pretrained(folder)
+    else:
+        trainer.save_model(str(folder))  # every process: gathers ZeRO-3 shards; the main one writes
     if trainer.is_world_process_zero():
-        final = trainer.model.merge_and_unload() if cfg.lora_r > 0 else trainer.model
-        final.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         mark_complete(folder, stage="sft", rows=len(rows), truncation=vars(stats),
                       train_loss=result.training_loss, steps=result.global_step)
