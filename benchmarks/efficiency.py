@@ -10,7 +10,8 @@ Models are freshly initialised (speed and memory do not depend on training).
     python benchmarks/efficiency.py --size medium --levers --output benchmarks/results/efficiency_levers.json
 
 `--levers` also runs DVPO with each memory lever: a LoRA policy whose reference is the policy
-with adapters off (`--lora-r 8`), gradient checkpointing, and both.
+with adapters off (`--lora-r 8`), gradient checkpointing, both, and a LoRA GVM on the policy's
+base that runs on the reference's decoder (one frozen backbone instead of two).
 
 `--peer tiny|small` uses the settings of shared/notes/peer-timings.md (TRL on this kind of
 machine): Llama of hidden 256/4 layers or 512/8 layers, vocab 2978, 8 prompts of exactly 16
@@ -37,15 +38,19 @@ PEER = {  # hidden, layers, heads, intermediate; TRL's figures are in shared/not
 PEER_TRL_PPO_SECONDS = {"tiny": 1.04, "small": 3.34}
 PEER_TRL_PPO_PEAK_MB = {"tiny": 742, "small": 1798}
 LEVERS = {"dvpo-lora": ["--lora-r", "8"], "dvpo-checkpointing": ["--gradient-checkpointing"],
-          "dvpo-lora-checkpointing": ["--lora-r", "8", "--gradient-checkpointing"]}
+          "dvpo-lora-checkpointing": ["--lora-r", "8", "--gradient-checkpointing"],
+          "dvpo-shared-backbone": []}  # a LoRA GVM on the policy's base runs on the reference's decoder
 
 
 def build_models(work: Path, args) -> dict[str, str]:
     """A policy, a GVM and a reward model of the same size, all freshly initialised."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+    from peft import LoraConfig, get_peft_model
+
     from dvpo.lab.make_data import make_lab_data
     from dvpo.models.init import MODEL_SIZES
+    from dvpo.models.loading import model_reference
     from dvpo.models.reward_model import RmMeta, build_reward_model
     from dvpo.models.tokenizer import train_tokenizer
     from dvpo.models.value_model import GvmMeta, build_value_model
@@ -64,8 +69,12 @@ def build_models(work: Path, args) -> dict[str, str]:
                                                eos_token_id=tokenizer.eos_token_id)
     model.save_pretrained(policy_dir)
     tokenizer.save_pretrained(policy_dir)
-    for name, build, meta in (("gvm", build_value_model, GvmMeta(str(policy_dir), False, True, 1.0, 0.0, "batch")),
-                              ("rm", build_reward_model, RmMeta(str(policy_dir), False, 512))):
+    lora_gvm = lambda path: get_peft_model(build_value_model(path), LoraConfig(  # noqa: E731
+        r=8, lora_alpha=32, task_type="TOKEN_CLS", target_modules="all-linear", exclude_modules=["score"]))
+    base = model_reference(str(policy_dir))
+    for name, build, meta in (("gvm", build_value_model, GvmMeta(base, False, True, 1.0, 0.0, "batch")),
+                              ("gvm-lora", lora_gvm, GvmMeta(base, True, True, 1.0, 0.0, "batch")),
+                              ("rm", build_reward_model, RmMeta(base, False, 512))):
         (work / name / "model").mkdir(parents=True)
         build(str(policy_dir)).save_pretrained(work / name / "model")
         tokenizer.save_pretrained(work / name / "model")
@@ -76,7 +85,8 @@ def build_models(work: Path, args) -> dict[str, str]:
             digits = " ".join(str((i + k * (1 + i // 10)) % 10) for k in range(args.prompt_tokens - 3))
             f.write(json.dumps({"prompt": f"repeat {digits}"}) + "\n")
     n_params = sum(p.numel() for p in model.parameters())
-    return {"policy": str(policy_dir), "gvm": str(work / "gvm"), "rm": str(work / "rm"),
+    return {"policy": str(policy_dir), "gvm": str(work / "gvm"), "gvm-lora": str(work / "gvm-lora"),
+            "rm": str(work / "rm"),
             "prompts": str(work / "prompts.jsonl"), "parameters": n_params}
 
 
@@ -85,9 +95,10 @@ def worker(algo: str, models: dict, args) -> dict:
     from dvpo.cli import main
 
     out = Path(models["policy"]).parent / f"rl-{algo}"
-    levers = LEVERS.get(algo, [])
+    name, levers = algo, LEVERS.get(algo, [])
     algo = algo.split("-")[0]
-    source = ["--gvm", models["gvm"]] if algo == "dvpo" else ["--reward-model", models["rm"]]
+    gvm = models["gvm-lora"] if "shared-backbone" in name else models["gvm"]
+    source = ["--gvm", gvm] if algo == "dvpo" else ["--reward-model", models["rm"]]
     main(["rl", "--algo", algo, *levers, "--policy", models["policy"], "--prompts", models["prompts"], "--out", str(out),
           *source, "--steps", str(args.warmup + args.steps), "--rollout-batch-size", str(args.batch),
           "--mini-batch-size", str(args.mini_batch), "--ppo-epochs", str(args.ppo_epochs),

@@ -25,3 +25,14 @@ def tiny_model(lab_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "init"
     init_model([str(lab_data["sft"]), str(lab_data["rated"])], "tiny", str(out), seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gvm(tiny_model, lab_data, tmp_path_factory):
+    """A GVM trained for a few steps: enough for RL runs to have values to follow."""
+    from dvpo.cli import main
+
+    out = tmp_path_factory.mktemp("gvm") / "gvm"
+    main(["gvm", "--model", str(tiny_model), "--data", str(lab_data["rated"]), "--out", str(out),
+          "--max-steps", "3", "--batch-size", "8", "--learning-rate", "1e-3", "--max-length", "96"])
+    return out

@@ -74,19 +74,11 @@ def rl_args(model, prompts, gvm, out, *extra):
             "--ppo-epochs", "1", "--learning-rate", "1e-3", "--max-new-tokens", "8", "--save-every", "4", *extra]
 
 
-@pytest.fixture(scope="module")
-def gvm_for_rl(tiny_model, lab_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("interrupt-gvm") / "gvm"
-    assert run(["gvm", "--model", str(tiny_model), "--data", str(lab_data["rated"]), "--out", str(out),
-                "--max-steps", "3", "--batch-size", "8", "--max-length", "96"]).returncode == 0
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["sft", "gvm", "rl"])
-def test_killed_run_resumes_to_the_uninterrupted_result(stage, tiny_model, lab_data, gvm_for_rl, tmp_path):
+def test_killed_run_resumes_to_the_uninterrupted_result(stage, tiny_model, lab_data, tiny_gvm, tmp_path):
     if stage == "rl":
-        make = lambda out: rl_args(tiny_model, lab_data["prompts"], gvm_for_rl, out)  # noqa: E731
+        make = lambda out: rl_args(tiny_model, lab_data["prompts"], tiny_gvm, out)  # noqa: E731
         first_checkpoint = "checkpoints/step-4/meta.json"
     else:
         build = sft_args if stage == "sft" else gvm_args
@@ -104,9 +96,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(stage, tiny_model, lab_d
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["sft", "rl"])
-def test_sigterm_saves_a_checkpoint_and_exits_143(stage, tiny_model, lab_data, gvm_for_rl, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_143(stage, tiny_model, lab_data, tiny_gvm, tmp_path):
     if stage == "rl":
-        make = lambda out: rl_args(tiny_model, lab_data["prompts"], gvm_for_rl, out, "--save-every", "100")  # noqa: E731
+        make = lambda out: rl_args(tiny_model, lab_data["prompts"], tiny_gvm, out, "--save-every", "100")  # noqa: E731
         first = "metrics.jsonl"
     else:
         make = lambda out: sft_args(tiny_model, lab_data["sft"], out)[:-4] + ["--save-steps", "1000"]  # noqa: E731
@@ -122,10 +114,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(stage, tiny_model, lab_data, g
 
 
 @pytest.mark.parametrize("stage", ["sft", "rl"])
-def test_non_finite_loss_stops_with_a_clear_error(stage, tiny_model, lab_data, gvm_for_rl, tmp_path):
+def test_non_finite_loss_stops_with_a_clear_error(stage, tiny_model, lab_data, tiny_gvm, tmp_path):
     out = tmp_path / "nan"
     if stage == "rl":
-        args = rl_args(tiny_model, lab_data["prompts"], gvm_for_rl, out, "--learning-rate", "1e30", "--steps", "6")
+        args = rl_args(tiny_model, lab_data["prompts"], tiny_gvm, out, "--learning-rate", "1e30", "--steps", "6")
     else:
         args = sft_args(tiny_model, lab_data["sft"], out) + ["--learning-rate", "1e30", "--logging-steps", "1"]
     result = run(args)

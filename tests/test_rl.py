@@ -54,14 +54,6 @@ def test_batched_left_padded_logprobs_match_single_rows(tiny_model):
     assert (together[seq.response_mask == 0] == 0).all()
 
 
-@pytest.fixture(scope="module")
-def tiny_gvm(tiny_model, lab_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("rl-gvm") / "gvm"
-    main(["gvm", "--model", str(tiny_model), "--data", str(lab_data["rated"]), "--out", str(out),
-          "--max-steps", "3", "--batch-size", "8", "--learning-rate", "1e-3", "--max-length", "96"])
-    return out
-
-
 def _rl_args(tiny_model, tiny_gvm, lab_data, out, *extra):
     return ["rl", "--algo", "dvpo", "--policy", str(tiny_model), "--gvm", str(tiny_gvm),
             "--prompts", str(lab_data["prompts"]), "--out", str(out), "--steps", "4", "--rollout-batch-size", "4",
@@ -172,3 +164,26 @@ def test_gradient_checkpointing_changes_memory_not_results(tiny_model, tiny_gvm,
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpointed").state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+
+
+def test_a_lora_gvm_on_the_policy_base_shares_the_reference_backbone(tiny_model, lab_data, tmp_path, caplog):
+    """Sharing changes memory, not results: same run as with the GVM on its own copy of the base."""
+    copy = tmp_path / "base-copy"
+    shutil.copytree(tiny_model, copy)  # same weights, another path: no sharing
+    for base, name in ((tiny_model, "shared"), (copy, "apart")):
+        main(["gvm", "--model", str(base), "--data", str(lab_data["rated"]), "--out", str(tmp_path / f"gvm-{name}"),
+              "--max-steps", "3", "--batch-size", "8", "--learning-rate", "1e-3", "--max-length", "96",
+              "--lora-r", "4"])
+    with caplog.at_level("INFO"):
+        main(_rl_args(tiny_model, tmp_path / "gvm-shared", lab_data, tmp_path / "shared", "--steps", "2"))
+    assert any("share one frozen backbone" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        main(_rl_args(tiny_model, tmp_path / "gvm-apart", lab_data, tmp_path / "apart", "--steps", "2"))
+    assert not any("share one frozen backbone" in r.getMessage() for r in caplog.records)
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "shared").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "apart").state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    first = json.loads((tmp_path / "shared" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["kl"] == 0.0  # the reference is the base model itself, the GVM's adapter off

@@ -81,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     module_name, function_name = target.split(":")
     run = getattr(importlib.import_module(module_name), function_name)
     from dvpo.errors import user_facing_errors
+    from dvpo.trainers.interrupts import STOP
 
-    with user_facing_errors():
+    with user_facing_errors(), STOP.installed():  # Ctrl-C/SIGTERM: stop after the current step, with a checkpoint
         run(cfg)
     return 0
 

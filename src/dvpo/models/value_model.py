@@ -21,8 +21,9 @@ from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokeni
 from dvpo.data.collate import pad_sequences
 from dvpo.data.tau import conditioned_prompt
 from dvpo.data.tokenize import encode_example, ensure_pad_token, truncate
+from dvpo.errors import ModelError
 from dvpo.models.frozen import FrozenScorer, StageMeta
-from dvpo.models.loading import check_model_path, default_device, loading_errors, resolve_dtype
+from dvpo.models.loading import check_model_path, default_device, loading_errors, model_reference, resolve_dtype
 
 GVM_META = "dvpo_gvm.json"
 MODEL_SUBDIR = "model"
@@ -123,8 +124,39 @@ class GlobalValueModel(FrozenScorer):
         return results
 
 
-def load_value_model(folder: str | Path, device: str | torch.device | None = None, dtype: str = "auto") -> GlobalValueModel:
-    """Load a GVM saved by `dvpo gvm` in one call, frozen and ready to score."""
+def value_model_around(backbone, base_path: str):
+    """A token-value model whose decoder IS `backbone` (shared, not copied) and whose head starts fresh.
+
+    The model is built on the meta device, so no second decoder is ever allocated; the decoder is
+    then swapped in and a real head added (a LoRA GVM's adapter file holds the trained head).
+    """
+    config = AutoConfig.from_pretrained(base_path, num_labels=1)
+    config.classifier_dropout = 0.0
+    with torch.device("meta"):
+        shell = AutoModelForTokenClassification.from_config(config)
+    setattr(shell, shell.base_model_prefix, backbone)
+    weight = next(backbone.parameters())
+    shell.score = torch.nn.Linear(config.hidden_size, 1, device=weight.device, dtype=weight.dtype)
+    if any(p.is_meta for p in shell.parameters()):
+        raise ModelError(f"cannot share the backbone of {base_path}: its value model has parts besides the decoder "
+                         "and the `score` head")
+    return shell
+
+
+def shares_backbone(folder: str | Path, base: str) -> bool:
+    """Whether a GVM is a LoRA adapter on `base` itself, so it can run on `base`'s loaded decoder."""
+    meta = GvmMeta.load(Path(folder)) if (Path(folder) / GVM_META).is_file() else None
+    return bool(meta and meta.lora and meta.base_model == model_reference(base))
+
+
+def load_value_model(folder: str | Path, device: str | torch.device | None = None, dtype: str = "auto",
+                     backbone=None) -> GlobalValueModel:
+    """Load a GVM saved by `dvpo gvm` in one call, frozen and ready to score.
+
+    With `backbone` — the decoder of a model loaded from the GVM's base (see `shares_backbone`) —
+    a LoRA GVM runs on that decoder instead of a second copy: its adapter is injected there, and
+    the base model's own forward must then run with the adapter off (`disable_adapter()`).
+    """
     folder = Path(folder)
     if not (folder / GVM_META).is_file():
         raise FileNotFoundError(f"{folder} is not a GVM folder (no {GVM_META}); train one with `dvpo gvm`")
@@ -138,7 +170,9 @@ def load_value_model(folder: str | Path, device: str | torch.device | None = Non
         if meta.lora:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(build_value_model(meta.base_model, dtype), str(model_dir))
+            base = build_value_model(meta.base_model, dtype) if backbone is None else \
+                value_model_around(backbone, meta.base_model)
+            model = PeftModel.from_pretrained(base, str(model_dir))
         else:
             model = AutoModelForTokenClassification.from_pretrained(str(model_dir), dtype=resolve_dtype(dtype))
     return GlobalValueModel(model.to(device or default_device()), tokenizer, meta)

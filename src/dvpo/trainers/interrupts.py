@@ -8,6 +8,7 @@ request is shared, so every process stops after the same step and saves the same
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -43,12 +44,19 @@ class StopRequest:
     def __init__(self):
         self.signum: int | None = None
 
-    def install(self) -> None:
+    @contextlib.contextmanager
+    def installed(self):
+        """While a stage runs; the previous handlers come back afterwards (in-process callers keep theirs)."""
         if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
+            yield  # signal handlers can only be set from the main thread
+            return
         self.signum = None
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
+        previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None and signum == signal.SIGINT:

@@ -47,15 +47,54 @@ from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
 logger = logging.getLogger(__name__)
 
 
-def build_source(cfg: RlConfig, device, policy, tokenizer):
+class AdapterOff:
+    """A model called with LoRA adapters switched off: the frozen reference without a second copy in memory
+    (the LoRA policy's own adapters, or those of a GVM sharing the reference's decoder)."""
+
+    def __init__(self, model, adapters=None):
+        self.model, self.adapters = model, adapters if adapters is not None else model
+
+    def __call__(self, **inputs):
+        with self.adapters.disable_adapter():
+            return self.model(**inputs)
+
+
+def load_policy_and_reference(cfg: RlConfig, device):
+    """The trained policy and the frozen reference (a second copy, or the policy with adapters off under LoRA)."""
+    if cfg.fsdp and cfg.lora_r > 0:
+        raise ConfigError("--fsdp shards full-weight training; LoRA (--lora-r) trains small adapters: use DDP")
+    policy = load_causal_lm(cfg.policy, cfg.dtype, fsdp=cfg.fsdp).to(device)
+    if cfg.gradient_checkpointing:
+        policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        policy = get_peft_model(policy, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                   lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+                                                   target_modules="all-linear"))
+        return policy, AdapterOff(policy)
+    return policy, load_causal_lm(cfg.policy, cfg.dtype, fsdp=cfg.fsdp).to(device).eval().requires_grad_(False)
+
+
+def build_source(cfg: RlConfig, device, policy, reference, tokenizer):
+    """The algorithm's advantage source, and the reference as the loop must call it.
+
+    A LoRA GVM trained on the policy's own base runs on the reference's decoder (one frozen
+    backbone for both); the reference then runs with the GVM's adapter switched off.
+    """
     kl_in_reward = cfg.kl_penalty == "reward"
     if cfg.algo == "dvpo":
         if not cfg.gvm:
             raise ConfigError("--algo dvpo needs --gvm (a folder written by `dvpo gvm`)")
-        from dvpo.models.value_model import load_value_model
+        from dvpo.models.value_model import load_value_model, shares_backbone
 
-        gvm = load_value_model(cfg.gvm, device=device, dtype=cfg.dtype)
-        return DvpoSource(gvm, cfg.dvpo_advantage, cfg.dvpo_normalization, cfg.gamma, kl_in_reward)
+        share = shares_backbone(cfg.gvm, cfg.policy) and not cfg.fsdp and not isinstance(reference, AdapterOff)
+        gvm = load_value_model(cfg.gvm, device=device, dtype=cfg.dtype,
+                               backbone=reference.base_model if share else None)
+        if share:
+            logger.info("the GVM (a LoRA adapter on %s) and the reference share one frozen backbone", cfg.policy)
+            reference = AdapterOff(reference, adapters=gvm.model)
+        return DvpoSource(gvm, cfg.dvpo_advantage, cfg.dvpo_normalization, cfg.gamma, kl_in_reward), reference
     if not cfg.reward_model:
         raise ConfigError(f"--algo {cfg.algo} needs --reward-model (a folder written by `dvpo rm`)")
     from dvpo.models.reward_model import load_reward_model
@@ -63,12 +102,12 @@ def build_source(cfg: RlConfig, device, policy, tokenizer):
 
     reward_model = load_reward_model(cfg.reward_model, device=device, dtype=cfg.dtype)
     if cfg.algo == "grpo":
-        return GrpoSource(reward_model, cfg.group_size)
+        return GrpoSource(reward_model, cfg.group_size), reference
     if cfg.algo == "remax":
-        return RemaxSource(reward_model, policy, tokenizer, cfg.max_new_tokens, kl_in_reward)
+        return RemaxSource(reward_model, policy, tokenizer, cfg.max_new_tokens, kl_in_reward), reference
     critic_init = cfg.critic_init or _default_critic_init(cfg)
     critic = build_value_model(critic_init, cfg.dtype, fsdp=cfg.fsdp).to(device)
-    return PpoSource(reward_model, critic, cfg.gamma, cfg.gae_lambda, cfg.value_clip, kl_in_reward)
+    return PpoSource(reward_model, critic, cfg.gamma, cfg.gae_lambda, cfg.value_clip, kl_in_reward), reference
 
 
 def _default_critic_init(cfg: RlConfig) -> str:
@@ -121,34 +160,6 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-class AdapterOff:
-    """The LoRA policy with its adapters switched off: the SFT model, without a second copy in memory."""
-
-    def __init__(self, policy):
-        self.policy = policy
-
-    def __call__(self, **inputs):
-        with self.policy.disable_adapter():
-            return self.policy(**inputs)
-
-
-def load_policy_and_reference(cfg: RlConfig, device):
-    """The trained policy and the frozen reference (a second copy, or the policy with adapters off under LoRA)."""
-    if cfg.fsdp and cfg.lora_r > 0:
-        raise ConfigError("--fsdp shards full-weight training; LoRA (--lora-r) trains small adapters: use DDP")
-    policy = load_causal_lm(cfg.policy, cfg.dtype, fsdp=cfg.fsdp).to(device)
-    if cfg.gradient_checkpointing:
-        policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.lora_r > 0:
-        from peft import LoraConfig, get_peft_model
-
-        policy = get_peft_model(policy, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                   lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
-                                                   target_modules="all-linear"))
-        return policy, AdapterOff(policy)
-    return policy, load_causal_lm(cfg.policy, cfg.dtype, fsdp=cfg.fsdp).to(device).eval().requires_grad_(False)
-
-
 def prepare_models(cfg: RlConfig, accelerator, policy, source):
     """Wrap the trained modules for data parallelism (DDP or DeepSpeed); frozen ones stay as they are.
     Under --fsdp the models were sharded as they loaded and only get their optimizers."""
@@ -193,7 +204,7 @@ def run_rl(cfg: RlConfig) -> Path:
     if len(prompts) < 2:
         raise ValueError(f"{cfg.prompts}: RL needs at least two prompts")
     policy, reference = load_policy_and_reference(cfg, accelerator.device)
-    source = build_source(cfg, accelerator.device, policy, tokenizer)
+    source, reference = build_source(cfg, accelerator.device, policy, reference, tokenizer)
     policy, optimizer, critic_optimizer = prepare_models(cfg, accelerator, policy, source)
     controller = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
                   else FixedKLController(cfg.kl_coef))

@@ -40,11 +40,9 @@ def start_run(cfg) -> tuple[Path, str | None]:
     """Prepare `cfg.out`, record the resolved options beside the outputs, say whether this resumes.
 
     With several processes the main one prepares the folder (and deletes it under --overwrite)
-    before the others look at it. Seeds every generator with the run's seed
-    and turns Ctrl-C/SIGTERM into a request to stop after the current step (`trainers.interrupts`).
+    before the others look at it. Seeds every generator with the run's seed.
     """
     from dvpo.distributed import process_state
-    from dvpo.trainers.interrupts import STOP
 
     if is_complete(cfg.out) and not cfg.overwrite:  # every process stops alike, before any waits
         raise RunComplete(Path(cfg.out))
@@ -56,7 +54,6 @@ def start_run(cfg) -> tuple[Path, str | None]:
     if resume_from:
         logger.info("resuming from %s", resume_from)
     set_seed(cfg.seed)  # fresh heads and adapters are drawn before the Trainer seeds: same seed, same start
-    STOP.install()
     return folder, resume_from
 
 

@@ -1,0 +1,71 @@
+"""`dvpo compare`: the report's pure parts against hand values, and a small comparison end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dvpo.config import ConfigError
+from dvpo.configs import CompareConfig
+from dvpo.compare import check_options
+from dvpo.eval.compare_report import ordering, quality, run_efficiency
+
+
+def test_quality_is_the_mean_and_spread_over_seeds_with_the_mean_win_rate():
+    table = quality({"sft": {0: {"mean": 5.0}, 1: {"mean": 7.0}},
+                     "dvpo": {0: {"mean": 6.0, "win_rate": 0.5}, 1: {"mean": 9.0, "win_rate": 1.0}}})
+    assert table["sft"] == {"mean": 6.0, "std": pytest.approx(2 ** 0.5), "per_seed": [5.0, 7.0]}
+    assert table["dvpo"]["mean"] == 7.5 and table["dvpo"]["win_rate_vs_sft"] == 0.75
+
+
+def test_ordering_states_each_claim_of_the_paper_as_measured():
+    lines = ordering({"dvpo": {"mean": 5.8}, "ppo": {"mean": 6.0}, "dpo": {"mean": 6.5}, "remax": {"mean": 5.0}})
+    assert lines[0] == "DVPO within 5% of PPO or above: holds (DVPO/PPO = 0.967)"
+    assert "DVPO above DPO: does not hold (5.80 vs 6.50)" in lines
+    assert "PPO above ReMax: holds (6.00 vs 5.00)" in lines
+
+
+def test_run_efficiency_skips_warm_up_steps_and_finds_the_best_step(tmp_path):
+    records = [{"step": s, "time_step": t, "time_generation": 0.1, "time_forward": 0.2, "time_update": 0.3,
+                "peak_memory_bytes": m} for s, t, m in ((1, 9.0, 10), (2, 8.0, 30), (3, 1.0, 20), (4, 3.0, 20),
+                                                       (5, 2.0, 20))]
+    records[2]["eval_score"], records[4]["eval_score"] = 4.0, 3.0
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = run_efficiency(tmp_path)
+    assert result["time_step"] == 2.0  # median of steps 3-5
+    assert result["peak_memory_bytes"] == 30 and result["best_eval_step"] == 3
+
+
+@pytest.mark.parametrize("changes, message", [({"methods": ["dvpo", "sac"]}, "unknown sac"),
+                                              ({"seeds": 0}, "at least 1"),
+                                              ({"overrides": {"critic": {}}}, "unknown stage critic")])
+def test_bad_options_are_clear(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        check_options(CompareConfig(**changes))
+
+
+@pytest.mark.slow
+def test_a_small_comparison_writes_the_report_and_resumes(tmp_path):
+    overrides = ("{sft: {max_steps: 30}, gvm: {max_steps: 10}, rm: {max_steps: 10}, dpo: {max_steps: 5}, "
+                 "rl: {steps: 3, eval_every: 3}}")
+    command = [sys.executable, "-m", "dvpo", "compare", "--quick", "--seeds", "2", "--methods", "dvpo", "grpo",
+               "dpo", "--out", str(tmp_path), "--overrides", overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["quality"]) == {"sft", "dvpo", "grpo", "dpo"}
+    assert all(len(row["per_seed"]) == 2 for row in report["quality"].values())
+    assert set(report["efficiency"]) == {"dvpo", "grpo", "dpo"}
+    assert report["efficiency"]["dvpo"]["time_step"] > 0 and "best_eval_step" in report["efficiency"]["grpo"]
+    assert report["gvm_accuracy"]["pairs"] > 0 and report["rm_accuracy"] is not None
+    assert "Overrides" in report["settings"]
+    for name in ("report.md", "learning_curves.png", "logs/seed1-dvpo.yaml", "seed1/dvpo/dvpo_complete.json"):
+        assert (tmp_path / name).exists(), name
+    assert "Quality (Table 1)" in (tmp_path / "report.md").read_text()
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and "compare: sft (log" not in again.stderr  # finished runs are reused
