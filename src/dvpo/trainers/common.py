@@ -62,7 +62,7 @@ def maybe_lora(model, cfg, task_type: str):
 
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # the HTTP client of huggingface_hub and the LLM judge
 
 
 def write_process_record(folder: Path, entry: dict, world_size: int, is_main: bool) -> None:
