@@ -83,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     from dvpo.errors import user_facing_errors
     from dvpo.trainers.interrupts import STOP
 
+    from dvpo.distributed import end_process_group
+
     with user_facing_errors(), STOP.installed():  # Ctrl-C/SIGTERM: stop after the current step, with a checkpoint
         run(cfg)
+    end_process_group()
     return 0
 
 

@@ -47,6 +47,14 @@ def trainer_device_arguments() -> dict:
     return {"use_cpu": not deepspeed_requested(), **({"ddp_backend": "gloo"} if launched else {})}
 
 
+def end_process_group() -> None:
+    """Wait for every process, then tear the process group down: a process that leaves while another
+    still writes its outputs can abort gloo's threads ("terminate called without an active exception")."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def fsdp_loading(enabled: bool) -> dict:
     """`from_pretrained` arguments that shard a model over the processes with FSDP2 (torch's fully_shard,
     applied by transformers at load time); empty when FSDP is off or there is one process."""

@@ -41,6 +41,7 @@ def training_arguments(cfg, folder: Path, scheduler: str, **overrides) -> Traini
         dataloader_num_workers=0,
         save_only_model=False,
         logging_nan_inf_filter=False,  # a NaN loss must show (and stop the run), not be averaged away
+        ddp_find_unused_parameters=False,  # every trained parameter takes part in every step
     )
     kwargs.update(trainer_device_arguments())
     if cfg.gradient_checkpointing:
