@@ -69,3 +69,17 @@ def test_a_small_comparison_writes_the_report_and_resumes(tmp_path):
     assert "Quality (Table 1)" in (tmp_path / "report.md").read_text()
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0 and "compare: sft (log" not in again.stderr  # finished runs are reused
+
+
+def test_a_run_folder_is_reused_only_with_the_same_settings(tmp_path):
+    from dvpo.compare import check_same_settings
+    from dvpo.config import save_config
+    from dvpo.configs import RlConfig
+
+    cfg = RlConfig(algo="dvpo", policy="p", prompts="x.jsonl", out=str(tmp_path), steps=10)
+    check_same_settings(tmp_path, cfg)  # nothing saved yet
+    save_config(cfg, tmp_path / "dvpo_config.yaml")
+    check_same_settings(tmp_path, cfg)
+    with pytest.raises(ConfigError, match=r"other settings \(learning_rate, steps\)"):
+        check_same_settings(tmp_path, RlConfig(algo="dvpo", policy="p", prompts="x.jsonl", out=str(tmp_path),
+                                               steps=20, learning_rate=1e-3))

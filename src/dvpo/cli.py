@@ -7,6 +7,7 @@ imported only when its stage runs, so `--help` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -48,6 +49,9 @@ STAGES: dict[tuple[str, ...], tuple[type, str, str]] = {
 }
 
 
+STOPPABLE = {("sft",), ("gvm",), ("rm",), ("dpo",), ("rl",), ("demo",)}  # stages that check for a stop request
+
+
 def build_cli() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dvpo", description="RLHF with Decoupled Value Policy Optimization.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -85,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from dvpo.distributed import end_process_group
 
-    with user_facing_errors(), STOP.installed():  # Ctrl-C/SIGTERM: stop after the current step, with a checkpoint
+    # Training stages stop after the current step on Ctrl-C/SIGTERM, with a checkpoint; the others stop at once.
+    stop_handling = STOP.installed() if args._stage in STOPPABLE else contextlib.nullcontext()
+    with user_facing_errors(), stop_handling:
         run(cfg)
     end_process_group()
     return 0

@@ -18,13 +18,17 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
+
+import yaml
 
 from tqdm.auto import tqdm
 
 from dvpo.config import ConfigError, apply_overrides, save_config
 from dvpo.configs import COMPARE_METHODS, CompareConfig
 from dvpo.data.formats import load_rows
+from dvpo.errors import StageFailed
 from dvpo.eval.compare_report import write_report
 from dvpo.eval.gvm_accuracy import evaluate_gvm
 from dvpo.eval.rl_eval import is_lab_prompt
@@ -53,10 +57,6 @@ LLM_JUDGE = ("Judge: {model} at {endpoint} with the paper's Appendix D prompt (0
              "(ties count half).")
 
 
-class StageFailed(RuntimeError):
-    """A training subprocess exited with an error; the message points at its log."""
-
-
 class StageRunner:
     """Runs stages as `dvpo` subprocesses, skipping finished ones, and keeps their wall-clock seconds."""
 
@@ -71,6 +71,7 @@ class StageRunner:
     def __call__(self, name: str, stage: str, stage_cfg) -> Path:
         stage_cfg = apply_overrides(stage_cfg, self.overrides.get(stage, {}), f"overrides: {stage}")
         out = Path(stage_cfg.out)
+        check_same_settings(out, stage_cfg)
         if not is_complete(out):
             self.progress.set_postfix_str(name)
             config_file, log = self.logs / f"{name}.yaml", self.logs / f"{name}.log"
@@ -87,6 +88,19 @@ class StageRunner:
             self.seconds_file.write_text(json.dumps(self.seconds, indent=2))
         self.progress.update()
         return out
+
+
+def check_same_settings(out: Path, stage_cfg) -> None:
+    """A run folder is reused only for the same options: a report must not label old runs with new settings."""
+    saved = out / "dvpo_config.yaml"
+    if not saved.is_file():
+        return
+    before = {k: v for k, v in yaml.safe_load(saved.read_text()).items() if k != "overwrite"}
+    now = {k: v for k, v in asdict(stage_cfg).items() if k != "overwrite"}
+    changed = sorted(k for k in now.keys() | before.keys() if before.get(k) != now.get(k))
+    if changed:
+        raise ConfigError(f"{out} was trained with other settings ({', '.join(changed)}); pass --overwrite to "
+                          "start the comparison afresh, or choose another --out")
 
 
 def method_config(method: str, sft: Path, gvm: Path, rm: Path, data: Path, out: Path, budget: LabBudget,
@@ -138,11 +152,15 @@ def llm_judge(endpoint: str, judge_model_name: str, max_new_tokens: int):
                 model=str(model), prompts=str(prompts), out=str(out), max_new_tokens=max_new_tokens, seed=seed))
         ask = dict(generations=str(out), endpoint=endpoint, model=judge_model_name, seed=seed)
         absolute = run_llm_judge(LlmJudgeConfig(out=str(out.with_suffix(".judge.json")), **ask))
+        if not absolute["scored"]:
+            raise ConfigError(f"the judge gave no parsable score for {out} (see {absolute['results']}); check "
+                              "--judge-model, then re-run: finished runs and paid replies are reused")
         result = {"n": absolute["scored"], "mean": absolute["mean"], "std": absolute["std"], "sem": absolute["sem"]}
         if baseline is not None and baseline != out:
             pairwise = run_llm_judge(LlmJudgeConfig(out=str(out.with_suffix(".pairwise.json")),
                                                     baseline=str(baseline), **ask))
-            result["win_rate"] = pairwise["win_rate"] + 0.5 * pairwise["tie_rate"]
+            if pairwise["judged"]:
+                result["win_rate"] = pairwise["win_rate"] + 0.5 * pairwise["tie_rate"]
         return result
 
     return judge
@@ -189,12 +207,12 @@ def run_compare(cfg: CompareConfig) -> dict:
     prompts = data / "test_prompts.jsonl"
     scores: dict[str, dict[int, dict]] = {"sft": {}, **{m: {} for m in cfg.methods}}
     for seed in tqdm(seeds, desc="judge", unit="seed"):
-        generations = root / f"seed{seed}" / "generations"
-        baseline = generations / "sft.jsonl"
+        # Generations live in their model's run folder, so a retrained run is never judged by old samples.
+        baseline = sft / "generations" / f"seed{seed}.jsonl"
         scores["sft"][seed] = judge(sft, prompts, baseline, None, seed, timer)
         for method in cfg.methods:
-            scores[method][seed] = judge(runs[method][seed], prompts, generations / f"{method}.jsonl", baseline,
-                                         seed, timer)
+            scores[method][seed] = judge(runs[method][seed], prompts, runs[method][seed] / "generations.jsonl",
+                                         baseline, seed, timer)
     gvm_accuracy = evaluate_gvm(str(gvm), str(data / "rated_test.jsonl"), seed=cfg.seed) if gvm else None
     rm_accuracy = json.loads((rm / "dvpo_complete.json").read_text()).get("eval_accuracy") if rm else None
     settings = LAB_SETTINGS.format(seed=cfg.seed, steps=budget.rl_steps, dpo_epochs=budget.dpo_epochs) + " " + (

@@ -104,11 +104,11 @@ class BatchStats:
 
     def masked_moments(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mean, population variance, count) of x over the valid tokens of the whole batch."""
-        m = mask.to(x.dtype)
-        total, squares, count = self.sum(torch.stack([(x * m).sum(), (x * x * m).sum(), m.sum()]))
+        x64, m = x.double(), mask.double()
+        total, count = self.sum(torch.stack([(x64 * m).sum(), m.sum()]))
         count = count.clamp(min=1.0)
-        mean = total / count
-        var = (squares / count - mean * mean).clamp(min=0.0)
+        mean = total / count  # two passes, in float64: no cancellation when the mean is large
+        var = self.sum((((x64 - mean) ** 2) * m).sum().reshape(1))[0] / count
         return mean.to(x.dtype), var.to(x.dtype), count
 
     def masked_whiten(self, x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -25,6 +25,10 @@ MEMORY_ADVICE = ("settings that reduce memory: a smaller --batch-size or --mini-
                  "(accelerate launch --config_file configs/accelerate/zero2.yaml)")
 
 
+class StageFailed(RuntimeError):
+    """A stage that `dvpo compare` ran as a subprocess failed; the message points at its log."""
+
+
 @contextlib.contextmanager
 def user_facing_errors():
     import torch
@@ -42,6 +46,12 @@ def user_facing_errors():
     except RunInterrupted as stopped:
         print(f"dvpo: {stopped}", file=sys.stderr)
         sys.exit(stopped.exit_code)
+    except KeyboardInterrupt:
+        print("dvpo: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        sys.exit(130)
+    except StageFailed as failed:
+        print(f"dvpo: error: {failed}", file=sys.stderr)
+        sys.exit(1)
     except FloatingPointError as error:
         print(f"dvpo: error: {error}", file=sys.stderr)
         sys.exit(3)

@@ -7,6 +7,7 @@ so the report can be rebuilt from a finished comparison folder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -171,11 +172,31 @@ def format_report(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def command_line(cfg) -> str:
+    """`dvpo compare` with every option that differs from its default: the command that made the report."""
+    parts = ["dvpo compare"]
+    for field in dataclasses.fields(cfg):
+        value, default = getattr(cfg, field.name), (field.default_factory() if field.default_factory is not
+                                                    dataclasses.MISSING else field.default)
+        if value == default or field.name == "overwrite":
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag)
+        elif isinstance(value, list):
+            parts.append(f"{flag} {' '.join(map(str, value))}")
+        elif isinstance(value, dict):
+            parts.append(f"{flag} '{json.dumps(value)}'")
+        else:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
 def write_report(root: Path, cfg, budget, seeds: list[int], scores: dict, runs: dict, gvm_accuracy: dict | None,
                  rm_accuracy: float | None, seconds: dict, settings: str) -> dict:
     table = quality(scores)
     report = {
-        "command": f"dvpo compare --seeds {cfg.seeds} --out {cfg.out}" + (" --quick" if cfg.quick else ""),
+        "command": command_line(cfg),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                    f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
         "methods": list(cfg.methods), "seeds": seeds, "budget": asdict(budget), "quality": table,

@@ -26,7 +26,7 @@ class PromptScorer:
 
     def __init__(self, prompts: list):
         self.prompts = prompts
-        self.active = all(isinstance(p, str) and is_lab_prompt(p) for p in prompts[:50])
+        self.active = bool(prompts) and all(isinstance(p, str) and is_lab_prompt(p) for p in prompts[:50])
 
     @classmethod
     def for_eval(cls, path: str | None) -> "PromptScorer | None":

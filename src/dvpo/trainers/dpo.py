@@ -50,7 +50,7 @@ def run_dpo(cfg: DpoConfig) -> Path:
                          callbacks=[StopOnSignal(), MetricsFileCallback(folder, plot_keys=("loss", "rewards/accuracies",
                                                                            "rewards/margins"))])
     result = trainer.train(resume_from_checkpoint=resume_from)
-    raise_if_stopped(result.global_step, folder / CHECKPOINTS)
+    raise_if_stopped(trainer.state, folder / CHECKPOINTS)
     if trainer.is_world_process_zero():
         final = trainer.model.merge_and_unload() if cfg.lora_r > 0 else trainer.model
         final.save_pretrained(folder)

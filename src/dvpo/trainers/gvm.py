@@ -129,7 +129,7 @@ def run_gvm(cfg: GvmConfig) -> Path:
         gamma=cfg.gamma, td_lambda=cfg.td_lambda, batch_norm=cfg.value_normalization == "batch",
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
-    raise_if_stopped(result.global_step, folder / CHECKPOINTS)
+    raise_if_stopped(trainer.state, folder / CHECKPOINTS)
     if trainer.is_world_process_zero():
         stats_rows = features[:: max(1, len(features) // cfg.stats_rows)][: cfg.stats_rows]
         value_mean, value_std = value_statistics(trainer.model, stats_rows, collator)

@@ -2,7 +2,7 @@
 
 The first SIGINT or SIGTERM asks the run to stop after its current step; the loop then saves a
 checkpoint and exits with 128 + the signal number, and re-running the same command resumes. A
-second Ctrl-C stops at once (the last periodic checkpoint remains). With several processes the
+second signal stops at once (the last periodic checkpoint remains). With several processes the
 request is shared, so every process stops after the same step and saves the same checkpoint.
 """
 
@@ -59,10 +59,10 @@ class StopRequest:
                 signal.signal(signum, handler)
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        if self.signum is not None:
+            raise KeyboardInterrupt  # a second signal: stop now
         self.signum = signum
-        logger.warning("%s received: stopping after this step and saving a checkpoint (Ctrl-C again to stop "
+        logger.warning("%s received: stopping after this step and saving a checkpoint (signal again to stop "
                        "at once)", signal.Signals(signum).name)
 
     def requested(self) -> int | None:
@@ -94,8 +94,8 @@ class StopOnSignal(TrainerCallback):
             raise NonFiniteLoss(state.global_step, loss, Path(args.output_dir))
 
 
-def raise_if_stopped(step: int, folder: Path) -> None:
-    """After training returns: a stop request means the run is not complete."""
+def raise_if_stopped(state, folder: Path) -> None:
+    """After `Trainer.train` returns: a stop request before the last step means the run is not complete."""
     signum = STOP.requested()
-    if signum:
-        raise RunInterrupted(signum, step, folder)
+    if signum and state.global_step < state.max_steps:
+        raise RunInterrupted(signum, state.global_step, folder)

@@ -118,6 +118,8 @@ def _default_critic_init(cfg: RlConfig) -> str:
 
 def check_batch_split(cfg: RlConfig, world: int) -> None:
     """The rollout batch must split into whole prompt groups per process, and minibatches evenly."""
+    if cfg.keep_checkpoints < 1:
+        raise ConfigError(f"--keep-checkpoints must be at least 1, got {cfg.keep_checkpoints}")
     group = cfg.group_size if cfg.algo == "grpo" else 1
     if cfg.rollout_batch_size % (group * world):
         raise ConfigError(f"--rollout-batch-size {cfg.rollout_batch_size} must be a multiple of "
@@ -245,7 +247,7 @@ def run_rl(cfg: RlConfig) -> Path:
     final = accelerator.unwrap_model(policy)
     write_process_record(folder, {"rank": accelerator.process_index, "world_size": accelerator.num_processes,
                                   "distributed_type": accelerator.distributed_type.value, "fsdp": cfg.fsdp,
-                                  "parameters_held": parameters_held(final), "rows": loop.rows},
+                                  "parameters_held": parameters_held(final), "rows": loop.my_rows(cfg.steps)},
                          accelerator.num_processes, main_process)
     accelerator.wait_for_everyone()
     if cfg.fsdp:
@@ -281,15 +283,26 @@ class RlLoop:
         self.scorer = PromptScorer(prompts)
         self.stats = BatchStats(accelerator)
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        self.rows: list[int] = []  # indices of the prompts this process sampled, for processes.json
+
+    def step_indices(self, step: int) -> list[int]:
+        """Indices of the step's distinct prompts (every process's), in rollout order."""
+        group = self.source.samples_per_prompt
+        return batch_indices(len(self.prompts), step, self.cfg.rollout_batch_size // group, self.cfg.seed)
+
+    def my_rows(self, steps: int) -> list[int]:
+        """The prompt indices this process samples over the whole run (resumed or not), for processes.json."""
+        rows = []
+        for step in range(steps):
+            indices = self.step_indices(step)
+            start, end = shard_bounds(len(indices), self.rank, self.world)
+            rows += indices[start:end]
+        return rows
 
     def rollout(self, step: int) -> Rollout:
         cfg, group = self.cfg, self.source.samples_per_prompt
-        indices = batch_indices(len(self.prompts), step, cfg.rollout_batch_size // group, cfg.seed)
-        unique_prompts = [self.prompts[i] for i in indices]
+        unique_prompts = [self.prompts[i] for i in self.step_indices(step)]
         start, end = shard_bounds(len(unique_prompts), self.rank, self.world)
         mine = unique_prompts[start:end]
-        self.rows.extend(indices[start:end])
         policy = self.accelerator.unwrap_model(self.policy).eval()
         sampled = sample(policy, [encode_prompt(self.tokenizer, p) for p in mine], self.tokenizer.pad_token_id,
                          self.tokenizer.eos_token_id, cfg.max_new_tokens, cfg.temperature, cfg.top_p,

@@ -61,7 +61,7 @@ class RlCheckpointer:
                                                      "processes": self.accelerator.num_processes}))
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
-            for old in self._existing()[: -self.keep]:
+            for old in self._existing()[: max(len(self._existing()) - self.keep, 0)]:
                 shutil.rmtree(old)
         self.accelerator.wait_for_everyone()
         return final

@@ -107,7 +107,7 @@ def run_rm(cfg: RmConfig) -> Path:
         callbacks=[StopOnSignal(), MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm")), recorder],
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
-    raise_if_stopped(result.global_step, folder / CHECKPOINTS)
+    raise_if_stopped(trainer.state, folder / CHECKPOINTS)
     if trainer.is_world_process_zero():
         meta = RmMeta(base_model=model_reference(cfg.model),
                       lora=cfg.lora_r > 0, max_length=cfg.max_length)

@@ -44,7 +44,7 @@ def run_sft(cfg: SftConfig) -> Path:
                    recorder],
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
-    raise_if_stopped(result.global_step, folder / CHECKPOINTS)
+    raise_if_stopped(trainer.state, folder / CHECKPOINTS)
     if cfg.lora_r > 0:
         if trainer.is_world_process_zero():
             trainer.model.merge_and_unload().save_pretrained(folder)
