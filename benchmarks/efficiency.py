@@ -8,14 +8,18 @@ Models are freshly initialised (speed and memory do not depend on training).
     python benchmarks/efficiency.py --size medium --output benchmarks/results/efficiency_medium.json
     python benchmarks/efficiency.py --peer tiny --output benchmarks/results/efficiency_peer_tiny.json
     python benchmarks/efficiency.py --size medium --levers --output benchmarks/results/efficiency_levers.json
+    python benchmarks/efficiency.py --size 0.5b --dtype bfloat16 --batch 32 --mini-batch 8 \
+        --prompt-tokens 64 --new-tokens 128 --output benchmarks/results/efficiency_gpu_0.5b.json   # on a GPU
 
 `--levers` also runs DVPO with each memory lever: a LoRA policy whose reference is the policy
-with adapters off (`--lora-r 8`), gradient checkpointing, both, and a LoRA GVM on the policy's
-base that runs on the reference's decoder (one frozen backbone instead of two).
+with adapters off (`--lora-r 8`), gradient checkpointing, both, a LoRA GVM on the policy's
+base that runs on the reference's decoder (one frozen backbone instead of two), and a GVM without
+tau (it scores [x; y] instead of [tau; x; y], as on the lab). Every step's time split is kept in
+the JSON (`per_step`, warm-up included), and the file is rewritten after each algorithm.
 
 `--peer tiny|small` uses the settings of shared/notes/peer-timings.md (TRL on this kind of
 machine): Llama of hidden 256/4 layers or 512/8 layers, vocab 2978, 8 prompts of exactly 16
-tokens, 32 new tokens, 1 PPO epoch, 1 minibatch, lr 1e-5, fixed KL coefficient 0.05.
+tokens, 32 new tokens, 1 PPO epoch, 1 minibatch, lr 1e-5, fixed KL coefficient 0.05, 1 torch thread.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -35,11 +40,19 @@ PEER = {  # hidden, layers, heads, intermediate; TRL's figures are in shared/not
     "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=688),
     "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=1376),
 }
+GPU_SHAPES = {  # Qwen2.5-0.5B's shape: 494M parameters with its 151936-token vocabulary and tied embeddings
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, tie_word_embeddings=True),
+}
+GPU_VOCAB = 151936
+TIME_SPLIT = ("time_generation", "time_forward", "time_update")
 PEER_TRL_PPO_SECONDS = {"tiny": 1.04, "small": 3.34}
 PEER_TRL_PPO_PEAK_MB = {"tiny": 742, "small": 1798}
 LEVERS = {"dvpo-lora": ["--lora-r", "8"], "dvpo-checkpointing": ["--gradient-checkpointing"],
           "dvpo-lora-checkpointing": ["--lora-r", "8", "--gradient-checkpointing"],
-          "dvpo-shared-backbone": []}  # a LoRA GVM on the policy's base runs on the reference's decoder
+          "dvpo-shared-backbone": [],  # a LoRA GVM on the policy's base runs on the reference's decoder
+          "dvpo-no-tau": []}  # the GVM scores [x; y] alone (the lab's setting), not [tau; x; y]
+GVM_OF = {"dvpo-shared-backbone": "gvm-lora", "dvpo-no-tau": "gvm-no-tau"}
 
 
 def build_models(work: Path, args) -> dict[str, str]:
@@ -58,10 +71,10 @@ def build_models(work: Path, args) -> dict[str, str]:
     data = make_lab_data(work / "data", n_sft=50, n_rated=50, n_rl=200, n_test=10, n_rated_test=10)
     texts = [json.loads(line)["prompt"] for line in open(data["rated"])]
     tokenizer = train_tokenizer(texts + ["0 1 2 3 4 5 6 7 8 9 repeat sort reverse"], vocab_size=512)
-    dims = PEER[args.peer] if args.peer else MODEL_SIZES[args.size]
-    config = LlamaConfig(vocab_size=args.vocab or len(tokenizer), max_position_embeddings=512,
+    dims = PEER[args.peer] if args.peer else GPU_SHAPES.get(args.size) or MODEL_SIZES[args.size]
+    config = LlamaConfig(vocab_size=args.vocab or len(tokenizer), max_position_embeddings=1024,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=None, tie_word_embeddings=False, **dims)
+                         bos_token_id=None, **{"tie_word_embeddings": False, **dims})
     torch.manual_seed(0)
     policy_dir = work / "policy"
     model = LlamaForCausalLM(config)
@@ -72,9 +85,12 @@ def build_models(work: Path, args) -> dict[str, str]:
     lora_gvm = lambda path: get_peft_model(build_value_model(path), LoraConfig(  # noqa: E731
         r=8, lora_alpha=32, task_type="TOKEN_CLS", target_modules="all-linear", exclude_modules=["score"]))
     base = model_reference(str(policy_dir))
-    for name, build, meta in (("gvm", build_value_model, GvmMeta(base, False, True, 1.0, 0.0, "batch")),
-                              ("gvm-lora", lora_gvm, GvmMeta(base, True, True, 1.0, 0.0, "batch")),
-                              ("rm", build_reward_model, RmMeta(base, False, 512))):
+    builds = [("gvm", build_value_model, GvmMeta(base, False, True, 1.0, 0.0, "batch", max_length=1024)),
+              ("rm", build_reward_model, RmMeta(base, False, 1024))]
+    if args.levers:
+        builds.append(("gvm-lora", lora_gvm, GvmMeta(base, True, True, 1.0, 0.0, "batch", max_length=1024)))
+        builds.append(("gvm-no-tau", build_value_model, GvmMeta(base, False, False, 1.0, 0.0, "batch", max_length=1024)))
+    for name, build, meta in builds:
         (work / name / "model").mkdir(parents=True)
         build(str(policy_dir)).save_pretrained(work / name / "model")
         tokenizer.save_pretrained(work / name / "model")
@@ -86,6 +102,7 @@ def build_models(work: Path, args) -> dict[str, str]:
             f.write(json.dumps({"prompt": f"repeat {digits}"}) + "\n")
     n_params = sum(p.numel() for p in model.parameters())
     return {"policy": str(policy_dir), "gvm": str(work / "gvm"), "gvm-lora": str(work / "gvm-lora"),
+            "gvm-no-tau": str(work / "gvm-no-tau"),
             "rm": str(work / "rm"),
             "prompts": str(work / "prompts.jsonl"), "parameters": n_params}
 
@@ -97,7 +114,7 @@ def worker(algo: str, models: dict, args) -> dict:
     out = Path(models["policy"]).parent / f"rl-{algo}"
     name, levers = algo, LEVERS.get(algo, [])
     algo = algo.split("-")[0]
-    gvm = models["gvm-lora"] if "shared-backbone" in name else models["gvm"]
+    gvm = models[GVM_OF.get(name, "gvm")]
     source = ["--gvm", gvm] if algo == "dvpo" else ["--reward-model", models["rm"]]
     main(["rl", "--algo", algo, *levers, "--policy", models["policy"], "--prompts", models["prompts"], "--out", str(out),
           *source, "--steps", str(args.warmup + args.steps), "--rollout-batch-size", str(args.batch),
@@ -105,12 +122,25 @@ def worker(algo: str, models: dict, args) -> dict:
           "--learning-rate", str(args.lr), "--kl-coef", str(args.kl_coef), "--kl-target", "0",
           "--max-new-tokens", str(args.new_tokens), "--min-new-tokens", str(args.new_tokens),
           "--save-every", "100000", "--dtype", args.dtype, "--overwrite"])
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][args.warmup:]
+    every = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = every[args.warmup:]
     median = lambda key: statistics.median(r[key] for r in records)  # noqa: E731
     return {"seconds_per_step": median("time_step"), "time_generation": median("time_generation"),
             "time_forward": median("time_forward"), "time_update": median("time_update"),
             "response_length": median("response_length"),
-            "peak_memory_bytes": max(r["peak_memory_bytes"] for r in records), "measured_steps": len(records)}
+            "peak_memory_bytes": max(r["peak_memory_bytes"] for r in records), "measured_steps": len(records),
+            "per_step": [{key: round(r[key], 4) for key in ("time_step", *TIME_SPLIT)} for r in every]}
+
+
+def warm_up_gpu(seconds: float = 10.0) -> None:
+    """Matrix products until the clocks are up, so the first algorithm measured is not the slower for it."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        a @ a
+        torch.cuda.synchronize()
+    del a
+    torch.cuda.empty_cache()
 
 
 def markdown(result: dict) -> str:
@@ -119,12 +149,13 @@ def markdown(result: dict) -> str:
              f"{s['batch']} prompts x {s['new_tokens']} new tokens, {s['ppo_epochs']} PPO epoch(s), "
              f"{result['device']}, median of {s['steps']} steps after {s['warmup']} warm-up", "",
              "| | peak memory (MB) | s/step | generation | forward passes | update |", "| --- | --- | --- | --- | --- | --- |"]
-    for algo in ("dvpo", "ppo", *(k for k in LEVERS if k in result)):
+    for algo in (k for k in ("dvpo", "ppo", *LEVERS) if k in result):
         r = result[algo]
         lines.append(f"| {algo.upper()} | {r['peak_memory_bytes'] / 2**20:.0f} | {r['seconds_per_step']:.3f} | "
                      f"{r['time_generation']:.3f} | {r['time_forward']:.3f} | {r['time_update']:.3f} |")
-    ratio = result["ratio"]
-    lines.append(f"| DVPO / PPO | {ratio['peak_memory']:.2f}x | {ratio['seconds_per_step']:.2f}x | | | |")
+    if "ratio" in result:
+        ratio = result["ratio"]
+        lines.append(f"| DVPO / PPO | {ratio['peak_memory']:.2f}x | {ratio['seconds_per_step']:.2f}x | | | |")
     if "peer_trl_ppo" in result:
         peer = result["peer_trl_ppo"]
         lines.append(f"| TRL PPO (peer note) | {peer['peak_memory_mb']} | {peer['seconds_per_step']} | | | |")
@@ -133,7 +164,8 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="medium", choices=["tiny", "small", "medium"])
+    parser.add_argument("--size", default="medium", choices=["tiny", "small", "medium", *GPU_SHAPES],
+                        help="model shape; 0.5b (Qwen2.5-0.5B's shape and vocabulary) is meant for a GPU")
     parser.add_argument("--peer", choices=sorted(PEER), help="the peer-timing settings instead of --size")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--mini-batch", type=int, default=None, help="default: the whole batch (one minibatch)")
@@ -146,6 +178,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's own; 1 with --peer, as the peer note measured)")
     parser.add_argument("--levers", action="store_true", help="also DVPO with LoRA and gradient checkpointing")
     parser.add_argument("--output", required=True, help="JSON path; the markdown table goes next to it (.md)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -153,7 +187,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.peer and args.vocab is None:
         args.vocab = 2978
+    if args.peer and args.threads is None:
+        args.threads = 1
+    if args.size in GPU_SHAPES and args.vocab is None:
+        args.vocab = GPU_VOCAB
     args.mini_batch = args.mini_batch or args.batch
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
         print("RESULT " + json.dumps(worker(args.worker, json.loads(args.models), args)))
         return
@@ -166,6 +206,11 @@ def main() -> None:
                   "parameters": models["parameters"],
                   "device": torch.cuda.get_device_name() if torch.cuda.is_available()
                   else f"CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"}
+        if args.peer:
+            result["peer_trl_ppo"] = {"seconds_per_step": PEER_TRL_PPO_SECONDS[args.peer],
+                                      "peak_memory_mb": PEER_TRL_PPO_PEAK_MB[args.peer]}
+        if torch.cuda.is_available():
+            warm_up_gpu()
         for algo in ("dvpo", "ppo", *(LEVERS if args.levers else ())):
             proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", algo,
                                    "--models", json.dumps(models)], capture_output=True, text=True)
@@ -173,16 +218,18 @@ def main() -> None:
             if proc.returncode != 0 or not lines:
                 sys.exit(f"{algo} worker failed:\n{proc.stderr[-3000:]}")
             result[algo] = json.loads(lines[-1][len("RESULT "):])
-    result["ratio"] = {"peak_memory": result["dvpo"]["peak_memory_bytes"] / result["ppo"]["peak_memory_bytes"],
-                       "seconds_per_step": result["dvpo"]["seconds_per_step"] / result["ppo"]["seconds_per_step"]}
-    if args.peer:
-        result["peer_trl_ppo"] = {"seconds_per_step": PEER_TRL_PPO_SECONDS[args.peer],
-                                  "peak_memory_mb": PEER_TRL_PPO_PEAK_MB[args.peer]}
-    output = Path(args.output)
+            write(result, Path(args.output))  # after each algorithm, so a cut-short run keeps what it measured
+    print(markdown(result))
+
+
+def write(result: dict, output: Path) -> None:
+    if "dvpo" in result and "ppo" in result:
+        dvpo, ppo = result["dvpo"], result["ppo"]
+        result["ratio"] = {"peak_memory": dvpo["peak_memory_bytes"] / ppo["peak_memory_bytes"],
+                           "seconds_per_step": dvpo["seconds_per_step"] / ppo["seconds_per_step"]}
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2))
     output.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
 
 
 if __name__ == "__main__":

@@ -93,6 +93,22 @@ def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(tiny_model, t
     assert steps == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("algo", ["dvpo", "ppo"])
+def test_one_update_per_step_reuses_its_forward_as_the_old_logprobs(algo, tiny_model, tiny_gvm, tiny_rm, lab_data,
+                                                                    tmp_path):
+    source = ["--gvm", str(tiny_gvm)] if algo == "dvpo" else ["--reward-model", str(tiny_rm)]
+    out = tmp_path / algo
+    main(["rl", "--algo", algo, "--policy", str(tiny_model), *source, "--prompts", str(lab_data["prompts"]),
+          "--out", str(out), "--steps", "2", "--rollout-batch-size", "4", "--mini-batch-size", "4",
+          "--ppo-epochs", "1", "--learning-rate", "1e-3", "--max-new-tokens", "8"])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # The old log-probs are the update's own (detached): the ratio is exactly 1, so nothing clips.
+    assert all(r["approx_kl"] == 0.0 and r["clip_frac"] == 0.0 for r in records)
+    trained = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    start = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    assert any(not torch.equal(trained[name], start[name]) for name in start)
+
+
 def test_dvpo_without_gvm_is_a_clear_error(tiny_model, lab_data, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["rl", "--algo", "dvpo", "--policy", str(tiny_model), "--prompts", str(lab_data["prompts"]),

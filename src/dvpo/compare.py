@@ -47,8 +47,9 @@ LAB_SETTINGS = (
     "SFT, the GVM and the reward model are trained once (seed {seed}); each seed then trains every method from "
     "the same SFT model. DVPO, PPO, ReMax and GRPO share every RL setting: {steps} steps of 32 samples from the "
     "same RL prompts (GRPO: 8 prompts × 4), minibatch 8, 2 PPO epochs, lr 1e-4, KL 0.2 adaptive towards 0.1, "
-    "24 new tokens; DVPO uses the paper's advantage, the GVM's batch-normalised token value. ReMax also decodes one greedy response per prompt for "
-    "its baseline. DPO trains offline on the rated split's best-vs-worst pairs ({dpo_epochs:g} epoch, β 0.1, "
+    "24 new tokens. DVPO's advantage is the paper's, the GVM's token value, normalised by the GVM's stored "
+    "statistics; the lab's GVM is trained without tau (docs/gvm.md). ReMax also decodes one greedy response per "
+    "prompt for its baseline. DPO trains offline on the rated split's best-vs-worst pairs ({dpo_epochs:g} epoch, β 0.1, "
     "lr 1e-5). Stage settings: src/dvpo/pipeline.py.")
 LAB_JUDGE = ("Judge: the lab's ground truth on held-out prompts, 4 samples each at temperature 1; win rate per "
              "prompt against the same seed's SFT samples (ties count half).")

@@ -40,9 +40,9 @@ class LabBudget:
     size: str = "small"
 
 
-FULL = LabBudget(n_sft=3000, n_rated=5000, n_rl=2000, n_test=200, sft_epochs=10, gvm_epochs=2, rm_steps=600,
+FULL = LabBudget(n_sft=3000, n_rated=5000, n_rl=2000, n_test=200, sft_epochs=10, gvm_epochs=4, rm_steps=600,
                  rl_steps=150)
-QUICK = LabBudget(n_sft=1500, n_rated=1500, n_rl=600, n_test=100, sft_epochs=8, gvm_epochs=1, rm_steps=200,
+QUICK = LabBudget(n_sft=1500, n_rated=1500, n_rl=600, n_test=100, sft_epochs=8, gvm_epochs=2, rm_steps=200,
                   rl_steps=40)
 
 
@@ -79,24 +79,33 @@ def sft_config(model: Path, data: Path, out: Path, budget: LabBudget, seed: int)
 
 
 def gvm_config(sft: Path, data: Path, out: Path, budget: LabBudget, seed: int) -> GvmConfig:
-    """Monte-Carlo targets without value normalisation: the best lab setting of docs/gvm.md's ablation."""
+    """The best lab setting of docs/gvm.md's ablation: Monte-Carlo targets, no value normalisation, no tau
+    (on the lab a response shows its policy by itself; tau doubles the input and cost 11 points of
+    accuracy), and a gentle lr for four epochs (at 1e-3 training overwrites what SFT learned: 69%
+    instead of 81%)."""
     return GvmConfig(model=str(sft), data=str(data / "rated.jsonl"), out=str(out), epochs=budget.gvm_epochs,
-                     learning_rate=1e-3, warmup_steps=20, batch_size=32, max_length=96, td_lambda=1.0,
-                     value_normalization="none", logging_steps=50, save_steps=500, seed=seed)
+                     learning_rate=2e-4, warmup_steps=20, batch_size=32, max_length=96, td_lambda=1.0,
+                     tau="none", value_normalization="none", logging_steps=50, save_steps=500, seed=seed)
 
 
 def rm_config(sft: Path, data: Path, out: Path, budget: LabBudget, seed: int) -> RmConfig:
+    """lr 3e-4, as for the GVM: 75% held-out accuracy against 71% at 1e-3."""
     return RmConfig(model=str(sft), data=str(data / "rated.jsonl"), out=str(out),
                     eval_data=str(data / "rated_test.jsonl"), max_steps=budget.rm_steps, batch_size=32,
-                    learning_rate=1e-3, warmup_steps=20, max_length=64, logging_steps=50, save_steps=500, seed=seed)
+                    learning_rate=3e-4, warmup_steps=20, max_length=64, logging_steps=50, save_steps=500, seed=seed)
 
 
 def rl_config(algo: str, sft: Path, data: Path, out: Path, budget: LabBudget, seed: int, **source) -> RlConfig:
-    """The same RL settings for every algorithm (same prompts, same samples per step): only the source differs."""
+    """The same RL settings for every algorithm (same prompts, same samples per step): only the source differs.
+
+    DVPO normalises its values by the GVM's stored statistics, so a token's advantage is its value on the
+    GVM's scale (seed 0: judge 7.76, against 7.14 with the rollout batch's statistics; docs/rl.md).
+    """
     return RlConfig(algo=algo, policy=str(sft), prompts=str(data / "prompts.jsonl"), out=str(out),
                     steps=budget.rl_steps, rollout_batch_size=32, mini_batch_size=8, ppo_epochs=2,
                     learning_rate=1e-4, max_new_tokens=24, eval_prompts=str(data / "test_prompts.jsonl"),
-                    eval_every=max(1, budget.rl_steps // 6), save_every=50, seed=seed, **source)
+                    eval_every=max(1, budget.rl_steps // 6), save_every=50, seed=seed, dvpo_normalization="stored",
+                    **source)
 
 
 def dpo_config(sft: Path, data: Path, out: Path, budget: LabBudget, seed: int) -> DpoConfig:

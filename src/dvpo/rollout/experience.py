@@ -44,8 +44,8 @@ def response_hidden_slice(seq: Sequences) -> slice:
 
 def response_logprobs(model, seq: Sequences, temperature: float, with_entropy: bool = False):
     """Log-probs of the response tokens under `model` at the sampling temperature; optionally the entropy."""
-    logits = model(input_ids=seq.input_ids, attention_mask=seq.attention_mask,
-                   position_ids=seq.position_ids).logits[:, response_hidden_slice(seq)]
+    logits = model(input_ids=seq.input_ids, attention_mask=seq.attention_mask, position_ids=seq.position_ids,
+                   use_cache=False).logits[:, response_hidden_slice(seq)]
     logits = logits.float()
     logprobs = logprobs_from_logits(logits, seq.response_ids, temperature) * seq.response_mask
     if not with_entropy:

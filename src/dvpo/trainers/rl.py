@@ -323,8 +323,17 @@ class RlLoop:
         timings["time_generation"] = time.perf_counter() - started
 
         started = time.perf_counter()
+        live = None
+        if cfg.ppo_epochs == 1 and cfg.mini_batch_size >= cfg.rollout_batch_size:
+            # One update per step is on-policy: the update's own forward gives the old log-probs (TRL's GRPO
+            # does the same), which saves a forward pass of the policy.
+            self.policy.train()
+            live = response_logprobs(self.policy, seq, cfg.temperature, with_entropy=True)
+            old_logp = live[0].detach()
+        else:
+            with torch.no_grad():
+                old_logp = response_logprobs(self.accelerator.unwrap_model(self.policy), seq, cfg.temperature)
         with torch.no_grad():
-            old_logp = response_logprobs(self.accelerator.unwrap_model(self.policy), seq, cfg.temperature)
             ref_logp = response_logprobs(self.reference, seq, cfg.temperature)
         kl = kl_k1(old_logp, ref_logp) * mask
         experience = self.source.experience(rollout, kl, self.controller.value)
@@ -333,7 +342,7 @@ class RlLoop:
         timings["time_forward"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        update_stats = self.update(step, rollout, experience, old_logp, ref_logp)
+        update_stats = self.update(step, rollout, experience, old_logp, ref_logp, live)
         timings["time_update"] = time.perf_counter() - started
 
         kl_coef = self.controller.value
@@ -344,8 +353,11 @@ class RlLoop:
         self.controller.update(record["kl"], cfg.rollout_batch_size)
         return record
 
-    def update(self, step: int, rollout: Rollout, experience, old_logp, ref_logp) -> dict[str, float]:
-        """PPO-clip epochs over minibatches; the loss is a token mean over the minibatch of every process."""
+    def update(self, step: int, rollout: Rollout, experience, old_logp, ref_logp, live=None) -> dict[str, float]:
+        """PPO-clip epochs over minibatches; the loss is a token mean over the minibatch of every process.
+
+        `live`: (log-probs, entropy) of the whole batch with their graph, when one update covers the batch.
+        """
         cfg, seq = self.cfg, rollout.seq
         self.policy.train()
         for trained in self.source.trainable:
@@ -354,12 +366,14 @@ class RlLoop:
         n, local_mini = seq.input_ids.shape[0], cfg.mini_batch_size // self.world
         shuffle = torch.Generator().manual_seed(step_seed(cfg.seed, step, 1) * 64 + self.rank)
         for _ in range(cfg.ppo_epochs):
-            for index in torch.randperm(n, generator=shuffle).split(local_mini):
+            order = torch.arange(n) if live is not None else torch.randperm(n, generator=shuffle)
+            for index in order.split(local_mini):
                 mb_seq, mb_exp = seq.rows(index), experience.rows(index)
                 mb_mask = mb_seq.response_mask
                 tokens = mb_mask.sum()
                 scale = (tokens * self.world / self.stats.sum(tokens.reshape(1))[0].clamp(min=1)).to(tokens.dtype)
-                logp, entropy = response_logprobs(self.policy, mb_seq, cfg.temperature, with_entropy=True)
+                logp, entropy = live if live is not None else response_logprobs(self.policy, mb_seq, cfg.temperature,
+                                                                                with_entropy=True)
                 loss, stats = ppo_clip_loss(logp, old_logp[index], mb_exp.advantages, mb_mask, cfg.clip_eps)
                 if cfg.kl_penalty == "loss" or cfg.algo == "grpo":
                     loss = loss + self.controller.value * masked_mean(kl_k3(logp, ref_logp[index]), mb_mask)
