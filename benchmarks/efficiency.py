@@ -125,8 +125,7 @@ def worker(algo: str, models: dict, args) -> dict:
     every = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     records = every[args.warmup:]
     median = lambda key: statistics.median(r[key] for r in records)  # noqa: E731
-    return {"seconds_per_step": median("time_step"), "time_generation": median("time_generation"),
-            "time_forward": median("time_forward"), "time_update": median("time_update"),
+    return {"seconds_per_step": median("time_step"), **{key: median(key) for key in TIME_SPLIT},
             "response_length": median("response_length"),
             "peak_memory_bytes": max(r["peak_memory_bytes"] for r in records), "measured_steps": len(records),
             "per_step": [{key: round(r[key], 4) for key in ("time_step", *TIME_SPLIT)} for r in every]}
