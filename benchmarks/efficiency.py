@@ -5,7 +5,8 @@ reading is that algorithm's alone: process peak RSS on CPU, CUDA max allocated o
 Seconds per step are the median over the steps after the warm-up, with the time split.
 Models are freshly initialised (speed and memory do not depend on training).
 
-    python benchmarks/efficiency.py --size medium --output benchmarks/results/efficiency_medium.json
+    python benchmarks/efficiency.py --size medium --mini-batch 2 --ppo-epochs 4 \
+        --output benchmarks/results/efficiency_paper_settings.json   # the paper's Table 3 PPO settings
     python benchmarks/efficiency.py --peer tiny --output benchmarks/results/efficiency_peer_tiny.json
     python benchmarks/efficiency.py --size medium --levers --output benchmarks/results/efficiency_levers.json
     python benchmarks/efficiency.py --size 0.5b --dtype bfloat16 --batch 32 --mini-batch 8 \

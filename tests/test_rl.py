@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from dvpo.cli import main
 from dvpo.data.tokenize import encode_prompt
 from dvpo.models.loading import load_tokenizer
-from dvpo.rollout.experience import build_sequences, response_logprobs
+from dvpo.rollout.experience import build_sequences, frozen_logprobs, response_logprobs
 from dvpo.rollout.sampling import sample
 from dvpo.trainers.advantage_sources import tau_partner
 from dvpo.trainers.rl import batch_prompts
@@ -52,6 +52,29 @@ def test_batched_left_padded_logprobs_match_single_rows(tiny_model):
             torch.testing.assert_close(response_logprobs(model, alone, temperature=0.7)[0], together[i],
                                        atol=1e-5, rtol=1e-5)
     assert (together[seq.response_mask == 0] == 0).all()
+
+
+def test_response_logprobs_and_entropy_match_a_full_float64_softmax(tiny_model):
+    """Logits are computed for the response positions only, the entropy stays out of autograd, and
+    the experience phase's chunked log-probs are the same numbers."""
+    tokenizer = load_tokenizer(str(tiny_model))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    ids = [encode_prompt(tokenizer, p) for p in ["sort 3 1 2", "reverse 9 8 7 6 5 4"]]
+    torch.manual_seed(0)
+    seq = build_sequences(sample(model, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, max_new_tokens=6))
+    logprobs, entropy = response_logprobs(model, seq, temperature=0.7, with_entropy=True)
+    assert logprobs.requires_grad and not entropy.requires_grad
+    with torch.no_grad():
+        full = model(input_ids=seq.input_ids, attention_mask=seq.attention_mask, position_ids=seq.position_ids).logits
+    scaled = full.double()[:, seq.prompt_width - 1:-1] / 0.7
+    log_p = scaled.log_softmax(-1)
+    expected_logprobs = log_p.gather(-1, seq.response_ids.unsqueeze(-1)).squeeze(-1) * seq.response_mask
+    expected_entropy = -(log_p.exp() * log_p).sum(-1) * seq.response_mask
+    torch.testing.assert_close(logprobs.detach().double(), expected_logprobs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy.double(), expected_entropy, atol=1e-5, rtol=1e-5)
+    chunked = frozen_logprobs(model, seq, temperature=0.7, rows=1)  # the experience phase's row chunks
+    assert not chunked.requires_grad
+    torch.testing.assert_close(chunked.double(), expected_logprobs, atol=1e-5, rtol=1e-5)
 
 
 def _rl_args(tiny_model, tiny_gvm, lab_data, out, *extra):

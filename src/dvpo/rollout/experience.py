@@ -43,14 +43,35 @@ def response_hidden_slice(seq: Sequences) -> slice:
 
 
 def response_logprobs(model, seq: Sequences, temperature: float, with_entropy: bool = False):
-    """Log-probs of the response tokens under `model` at the sampling temperature; optionally the entropy."""
+    """Log-probs of the response tokens under `model` at the sampling temperature; optionally the entropy.
+
+    Only the positions that predict response tokens get logits (`logits_to_keep`): with a large
+    vocabulary the [batch, length, vocab] logits are the biggest activation of the step. The
+    entropy is a logged metric, not a loss term, so it is computed outside autograd, row by row:
+    inside the graph its softmax would stay alive until the backward pass.
+    """
+    width = seq.response_ids.shape[1]
     logits = model(input_ids=seq.input_ids, attention_mask=seq.attention_mask, position_ids=seq.position_ids,
-                   use_cache=False).logits[:, response_hidden_slice(seq)]
+                   use_cache=False, logits_to_keep=width + 1).logits[:, :-1]
     logits = logits.float()
     logprobs = logprobs_from_logits(logits, seq.response_ids, temperature) * seq.response_mask
     if not with_entropy:
         return logprobs
-    return logprobs, entropy_from_logits(logits / temperature) * seq.response_mask
+    with torch.no_grad():
+        entropy = torch.cat([entropy_from_logits(row / temperature) for row in logits.detach().split(1)])
+    return logprobs, entropy * seq.response_mask
+
+
+@torch.no_grad()
+def frozen_logprobs(model, seq: Sequences, temperature: float, rows: int) -> torch.Tensor:
+    """`response_logprobs` without gradients, `rows` sequences at a time (the experience forwards).
+
+    Only one chunk's [rows, length, vocab] logits and their float32 temporaries are alive at once,
+    so with a large vocabulary the experience phase needs no more memory than a minibatch of
+    the update (verl's log-prob micro-batches, OpenRLHF's micro rollout batches).
+    """
+    chunks = torch.arange(seq.input_ids.shape[0], device=seq.input_ids.device).split(rows)
+    return torch.cat([response_logprobs(model, seq.rows(index), temperature) for index in chunks])
 
 
 def critic_values(critic, seq: Sequences) -> torch.Tensor:

@@ -34,7 +34,7 @@ from dvpo.data.tokenize import encode_prompt, ensure_pad_token
 from dvpo.eval.plots import plot_metrics
 from dvpo.eval.rl_eval import PromptScorer
 from dvpo.models.loading import load_causal_lm, load_tokenizer
-from dvpo.rollout.experience import build_sequences, response_logprobs
+from dvpo.rollout.experience import build_sequences, frozen_logprobs, response_logprobs
 from dvpo.rollout.sampling import SharedNoise, sample
 from dvpo.trainers.advantage_sources import DvpoSource, GrpoSource, PpoSource, RemaxSource, Rollout
 from dvpo.distributed import BatchStats, deepspeed_requested, make_accelerator, parameters_held, shard_bounds
@@ -323,7 +323,7 @@ class RlLoop:
         timings["time_generation"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        live = None
+        live, local_mini = None, cfg.mini_batch_size // self.world
         if cfg.ppo_epochs == 1 and cfg.mini_batch_size >= cfg.rollout_batch_size:
             # One update per step is on-policy: the update's own forward gives the old log-probs (TRL's GRPO
             # does the same), which saves a forward pass of the policy.
@@ -331,10 +331,8 @@ class RlLoop:
             live = response_logprobs(self.policy, seq, cfg.temperature, with_entropy=True)
             old_logp = live[0].detach()
         else:
-            with torch.no_grad():
-                old_logp = response_logprobs(self.accelerator.unwrap_model(self.policy), seq, cfg.temperature)
-        with torch.no_grad():
-            ref_logp = response_logprobs(self.reference, seq, cfg.temperature)
+            old_logp = frozen_logprobs(self.accelerator.unwrap_model(self.policy), seq, cfg.temperature, local_mini)
+        ref_logp = frozen_logprobs(self.reference, seq, cfg.temperature, local_mini)
         kl = kl_k1(old_logp, ref_logp) * mask
         experience = self.source.experience(rollout, kl, self.controller.value)
         if cfg.whiten_advantages == "on" or (cfg.whiten_advantages == "auto" and cfg.algo == "ppo"):
