@@ -16,7 +16,9 @@ Models are freshly initialised (speed and memory do not depend on training).
 with adapters off (`--lora-r 8`), gradient checkpointing, both, a LoRA GVM on the policy's
 base that runs on the reference's decoder (one frozen backbone instead of two), and a GVM without
 tau (it scores [x; y] instead of [tau; x; y], as on the lab). Every step's time split is kept in
-the JSON (`per_step`, warm-up included), and the file is rewritten after each algorithm.
+the JSON (`per_step`, one list per run, warm-up included), and the file is rewritten after each run.
+`--repeats N` runs the algorithms N times, interleaved, and takes the medians over all measured
+steps: on a shared machine a slow spell then hits every algorithm, not just the one running.
 
 `--peer tiny|small` uses the settings of shared/notes/peer-timings.md (TRL on this kind of
 machine): Llama of hidden 256/4 layers or 512/8 layers, vocab 2978, 8 prompts of exactly 16
@@ -109,7 +111,7 @@ def build_models(work: Path, args) -> dict[str, str]:
 
 
 def worker(algo: str, models: dict, args) -> dict:
-    """Runs `dvpo rl` in this process and summarises its per-step log."""
+    """Runs `dvpo rl` in this process and returns every step's record (warm-up included)."""
     from dvpo.cli import main
 
     out = Path(models["policy"]).parent / f"rl-{algo}"
@@ -123,13 +125,18 @@ def worker(algo: str, models: dict, args) -> dict:
           "--learning-rate", str(args.lr), "--kl-coef", str(args.kl_coef), "--kl-target", "0",
           "--max-new-tokens", str(args.new_tokens), "--min-new-tokens", str(args.new_tokens),
           "--save-every", "100000", "--dtype", args.dtype, "--overwrite"])
-    every = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    records = every[args.warmup:]
+    return {"records": [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]}
+
+
+def summarize(runs: list[list[dict]], warmup: int) -> dict:
+    """Medians over the measured steps of every run of one algorithm; peak memory is the largest."""
+    records = [r for run in runs for r in run[warmup:]]
     median = lambda key: statistics.median(r[key] for r in records)  # noqa: E731
     return {"seconds_per_step": median("time_step"), **{key: median(key) for key in TIME_SPLIT},
             "response_length": median("response_length"),
             "peak_memory_bytes": max(r["peak_memory_bytes"] for r in records), "measured_steps": len(records),
-            "per_step": [{key: round(r[key], 4) for key in ("time_step", *TIME_SPLIT)} for r in every]}
+            "runs": len(runs),
+            "per_step": [[{key: round(r[key], 4) for key in ("time_step", *TIME_SPLIT)} for r in run] for run in runs]}
 
 
 def warm_up_gpu(seconds: float = 10.0) -> None:
@@ -147,7 +154,8 @@ def markdown(result: dict) -> str:
     s = result["settings"]
     lines = [f"DVPO vs PPO per RL step — {s['model']} ({result['parameters'] / 1e6:.1f}M parameters each), "
              f"{s['batch']} prompts x {s['new_tokens']} new tokens, {s['ppo_epochs']} PPO epoch(s), "
-             f"{result['device']}, median of {s['steps']} steps after {s['warmup']} warm-up", "",
+             f"{result['device']}, median of {s['steps']} steps after {s['warmup']} warm-up"
+             + (f" in each of {s['repeats']} interleaved runs" if s.get("repeats", 1) > 1 else ""), "",
              "| | peak memory (MB) | s/step | generation | forward passes | update |", "| --- | --- | --- | --- | --- | --- |"]
     for algo in (k for k in ("dvpo", "ppo", *LEVERS) if k in result):
         r = result[algo]
@@ -177,6 +185,8 @@ def main() -> None:
     parser.add_argument("--kl-coef", type=float, default=0.05)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each algorithm, interleaved (dvpo, ppo, dvpo, ppo, ...); medians over all")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's own; 1 with --peer, as the peer note measured)")
@@ -202,7 +212,8 @@ def main() -> None:
         result = {"settings": {"model": f"peer-{args.peer}" if args.peer else args.size, "batch": args.batch,
                                "mini_batch": args.mini_batch, "ppo_epochs": args.ppo_epochs,
                                "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-                               "steps": args.steps, "warmup": args.warmup, "lr": args.lr, "kl_coef": args.kl_coef},
+                               "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "lr": args.lr,
+                               "kl_coef": args.kl_coef},
                   "parameters": models["parameters"],
                   "device": torch.cuda.get_device_name() if torch.cuda.is_available()
                   else f"CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"}
@@ -211,14 +222,17 @@ def main() -> None:
                                       "peak_memory_mb": PEER_TRL_PPO_PEAK_MB[args.peer]}
         if torch.cuda.is_available():
             warm_up_gpu()
-        for algo in ("dvpo", "ppo", *(LEVERS if args.levers else ())):
-            proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", algo,
-                                   "--models", json.dumps(models)], capture_output=True, text=True)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                sys.exit(f"{algo} worker failed:\n{proc.stderr[-3000:]}")
-            result[algo] = json.loads(lines[-1][len("RESULT "):])
-            write(result, Path(args.output))  # after each algorithm, so a cut-short run keeps what it measured
+        runs: dict[str, list[list[dict]]] = {}
+        for _ in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits every algorithm
+            for algo in ("dvpo", "ppo", *(LEVERS if args.levers else ())):
+                proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", algo,
+                                       "--models", json.dumps(models)], capture_output=True, text=True)
+                lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+                if proc.returncode != 0 or not lines:
+                    sys.exit(f"{algo} worker failed:\n{proc.stderr[-3000:]}")
+                runs.setdefault(algo, []).append(json.loads(lines[-1][len("RESULT "):])["records"])
+                result[algo] = summarize(runs[algo], args.warmup)
+                write(result, Path(args.output))  # after each run, so a cut-short benchmark keeps what it measured
     print(markdown(result))
 
 
