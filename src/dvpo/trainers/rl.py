@@ -283,6 +283,7 @@ class RlLoop:
         self.scorer = PromptScorer(prompts)
         self.stats = BatchStats(accelerator)
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.local_mini = cfg.mini_batch_size // self.world  # this process's rows per minibatch
 
     def step_indices(self, step: int) -> list[int]:
         """Indices of the step's distinct prompts (every process's), in rollout order."""
@@ -323,7 +324,7 @@ class RlLoop:
         timings["time_generation"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        live, local_mini = None, cfg.mini_batch_size // self.world
+        live = None
         if cfg.ppo_epochs == 1 and cfg.mini_batch_size >= cfg.rollout_batch_size:
             # One update per step is on-policy: the update's own forward gives the old log-probs (TRL's GRPO
             # does the same), which saves a forward pass of the policy.
@@ -331,8 +332,9 @@ class RlLoop:
             live = response_logprobs(self.policy, seq, cfg.temperature, with_entropy=True)
             old_logp = live[0].detach()
         else:
-            old_logp = frozen_logprobs(self.accelerator.unwrap_model(self.policy), seq, cfg.temperature, local_mini)
-        ref_logp = frozen_logprobs(self.reference, seq, cfg.temperature, local_mini)
+            old_logp = frozen_logprobs(self.accelerator.unwrap_model(self.policy), seq, cfg.temperature,
+                                       self.local_mini)
+        ref_logp = frozen_logprobs(self.reference, seq, cfg.temperature, self.local_mini)
         kl = kl_k1(old_logp, ref_logp) * mask
         experience = self.source.experience(rollout, kl, self.controller.value)
         if cfg.whiten_advantages == "on" or (cfg.whiten_advantages == "auto" and cfg.algo == "ppo"):
@@ -361,11 +363,11 @@ class RlLoop:
         for trained in self.source.trainable:
             trained.train()
         collected: dict[str, list[float]] = {}
-        n, local_mini = seq.input_ids.shape[0], cfg.mini_batch_size // self.world
+        n = seq.input_ids.shape[0]
         shuffle = torch.Generator().manual_seed(step_seed(cfg.seed, step, 1) * 64 + self.rank)
         for _ in range(cfg.ppo_epochs):
             order = torch.arange(n) if live is not None else torch.randperm(n, generator=shuffle)
-            for index in order.split(local_mini):
+            for index in order.split(self.local_mini):
                 mb_seq, mb_exp = seq.rows(index), experience.rows(index)
                 mb_mask = mb_seq.response_mask
                 tokens = mb_mask.sum()
