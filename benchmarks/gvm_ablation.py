@@ -1,63 +1,92 @@
-"""GVM ablation on the lab: tau on/off, td-lambda 0/1, value normalisation on/off; same data, seed and budget.
+"""GVM ablation: tau x TD(lambda 0 vs 1) x batch normalisation, 2 x 2 x 2, over seeds and lab tasks.
 
-Uses the data and SFT model of a finished `dvpo demo` folder, trains one GVM per variant with the
-same budget, and writes the Appendix C accuracy of each as markdown and JSON.
+For each (task, seed) it builds the lab (data, tokenizer, SFT model, exactly as `dvpo demo --task T
+--seed S` does, reusing what is already under --work) and trains one GVM per variant with the
+recipe's other settings (configs/recipes/small/gvm.yaml) and the same budget. It reports the
+validation accuracy (the split carved from the training data, which picks the checkpoint) and the
+held-out test accuracy (mean aggregation), as mean +- std over seeds, in markdown and JSON.
 
-    python benchmarks/gvm_ablation.py --demo runs/demo --epochs 2 --output docs/results/gvm_ablation.json
+    python benchmarks/gvm_ablation.py --tasks digits arith --seeds 0 1 2 --work runs/ablation \
+        --output docs/results/gvm_ablation.json
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
+import statistics
 import time
 from pathlib import Path
 
-from dvpo.configs import GvmConfig
-from dvpo.eval.gvm_accuracy import AGGREGATIONS, evaluate_gvm
-from dvpo.trainers.gvm import run_gvm
+from dvpo.eval.gvm_accuracy import evaluate_gvm
+from dvpo.pipeline import FULL, Timer, gvm_config, prepare_lab, sft_config
 from dvpo.trainers.common import setup_logging
+from dvpo.trainers.gvm import run_gvm
+from dvpo.trainers.run_dir import is_complete
+from dvpo.trainers.sft import run_sft
 
-VARIANTS = {  # name: (tau, td_lambda, value_normalization)
-    "lab default: no tau, MC (lambda 1), no norm": ("none", 1.0, "none"),
-    "tau on": ("policy", 1.0, "none"),
-    "TD(0) instead of MC": ("none", 0.0, "none"),
-    "batch normalisation on": ("none", 1.0, "batch"),
-    "paper: tau, TD(0), batch normalisation": ("policy", 0.0, "batch"),
-}
+TAU = ("none", "policy")
+TD_LAMBDA = (1.0, 0.0)
+NORMALIZATION = ("none", "batch")
+
+
+def variant_name(tau: str, lam: float, norm: str) -> str:
+    return f"tau {tau}, {'TD(0)' if lam == 0 else 'MC'}, norm {norm}"
+
+
+def run_cell(work: Path, task: str, seed: int, tau: str, lam: float, norm: str, epochs: float | None) -> dict:
+    root = work / task / f"seed{seed}"
+    data, init = prepare_lab(root, FULL, seed, Timer(), task=task)
+    sft = root / "sft"
+    if not is_complete(sft):
+        run_sft(sft_config(init, data, sft, FULL, seed))
+    out = root / f"gvm-{tau}-{lam:g}-{norm}"
+    cfg = gvm_config(sft, data, out, FULL, seed)
+    cfg = dataclasses.replace(cfg, tau=tau, td_lambda=lam, value_normalization=norm,
+                              **({"epochs": epochs} if epochs else {}))
+    started = time.perf_counter()
+    if not is_complete(out):
+        run_gvm(cfg)
+    done = json.loads((out / "dvpo_complete.json").read_text())
+    test = evaluate_gvm(str(out), str(data / "rated_test.jsonl"), seed=seed)
+    return {"validation": done["validation_accuracy"], "test": test["accuracy"]["mean"],
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * mean:.1f} ± {100 * std:.1f}%"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--demo", required=True, help="a finished `dvpo demo` folder (its data/ and sft/)")
-    parser.add_argument("--epochs", type=float, default=2.0)
-    parser.add_argument("--learning-rate", type=float, default=2e-4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tasks", nargs="+", default=["digits"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--epochs", type=float, default=None, help="default: the recipe's")
+    parser.add_argument("--work", required=True, help="folder for the labs and the GVMs (reused when re-run)")
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
     setup_logging()
-    demo, work = Path(args.demo), Path(args.output).with_suffix("")
-    results = {}
-    for index, (name, (tau, lam, norm)) in enumerate(VARIANTS.items()):
-        started = time.perf_counter()
-        out = work / f"variant{index}"
-        run_gvm(GvmConfig(model=str(demo / "sft"), data=str(demo / "data" / "rated.jsonl"), out=str(out),
-                          tau=tau, td_lambda=lam, value_normalization=norm,
-                          epochs=args.epochs,
-                          learning_rate=args.learning_rate, warmup_steps=20, batch_size=32, max_length=96,
-                          logging_steps=50, save_steps=100000, seed=args.seed, overwrite=True))
-        result = evaluate_gvm(str(out), str(demo / "data" / "rated_test.jsonl"), seed=args.seed)
-        result["train_seconds"] = round(time.perf_counter() - started, 1)
-        results[name] = result
     output = Path(args.output)
-    output.write_text(json.dumps({"settings": vars(args), "results": results}, indent=2))
-    lines = [f"GVM ablation on the lab (`{args.demo}`, seed {args.seed}, {args.epochs} epoch(s), "
-             f"lr {args.learning_rate}): pairwise accuracy on held-out rated data", "",
-             "| variant | pairs | " + " | ".join(AGGREGATIONS) + " | train s |",
-             "| --- " * (len(AGGREGATIONS) + 3) + "|"]
-    for name, r in results.items():
-        cells = " | ".join(f"{100 * r['accuracy'][a]:.1f}%" for a in AGGREGATIONS)
-        lines.append(f"| {name} | {r['pairs']} | {cells} | {r['train_seconds']} |")
+    results = json.loads(output.read_text())["results"] if output.exists() else {}
+    variants = list(itertools.product(TAU, TD_LAMBDA, NORMALIZATION))
+    for task, seed, (tau, lam, norm) in itertools.product(args.tasks, args.seeds, variants):
+        key = f"{task}/{seed}/{variant_name(tau, lam, norm)}"
+        if key not in results:
+            results[key] = run_cell(Path(args.work), task, seed, tau, lam, norm, args.epochs)
+            output.write_text(json.dumps({"settings": vars(args), "results": results}, indent=2))
+    lines = ["GVM ablation: pairwise accuracy (mean aggregation) on the validation split that picks the "
+             "checkpoint, and on held-out test pairs; mean ± std over seeds "
+             f"{', '.join(map(str, args.seeds))}; command in the script's docstring.", "",
+             "| task | variant | validation | test | seeds |", "| --- | --- | --- | --- | --- |"]
+    for task, (tau, lam, norm) in itertools.product(args.tasks, variants):
+        cells = [results[k] for k in results if k.startswith(f"{task}/") and k.endswith(variant_name(tau, lam, norm))]
+        if cells:
+            lines.append(f"| {task} | {variant_name(tau, lam, norm)} | {spread([c['validation'] for c in cells])} | "
+                         f"{spread([c['test'] for c in cells])} | {len(cells)} |")
     output.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -564,3 +564,27 @@ def test_prompt_relative_scores_by_hand():
     assert scores.tolist() == pytest.approx([c / expected_std for c in centred])
     with pytest.raises(ValueError, match="groups"):
         prompt_relative_scores([1.0], ["a", "b"])
+
+
+def test_dvpo_critic_advantages_by_hand_in_float64():
+    from dvpo.algos.advantages import dvpo_critic_advantages
+
+    q = torch.tensor([[0.2, 0.5, 1.0], [-0.4, 0.3, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.float64)
+    v_first = torch.tensor([0.1, -0.2], dtype=torch.float64)
+    penalty = torch.tensor([[0.01, 0.02, 0.03], [0.05, 0.0, 9.0]], dtype=torch.float64)
+    adv, ret = dvpo_critic_advantages(q, v_first, mask, penalty, gamma=1.0, lam=0.5)
+    # row 1: V = [0.1, 0.2, 0.5], r = [-0.01, -0.02, 1.0 - 0.03]
+    d = [-0.01 + 0.2 - 0.1, -0.02 + 0.5 - 0.2, 0.97 - 0.5]
+    a2 = d[2]
+    a1 = d[1] + 0.5 * a2
+    a0 = d[0] + 0.5 * a1
+    # row 2: V = [-0.2, -0.4], r = [-0.05, 0.3]
+    e = [-0.05 - 0.4 + 0.2, 0.3 + 0.4]
+    b1 = e[1]
+    b0 = e[0] + 0.5 * b1
+    assert torch.allclose(adv, torch.tensor([[a0, a1, a2], [b0, b1, 0.0]], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(ret, (adv + torch.tensor([[0.1, 0.2, 0.5], [-0.2, -0.4, 0.0]], dtype=torch.float64)) * mask)
+    # lambda 1, no KL: every token's advantage is Q_T - V(s_t)
+    adv1, _ = dvpo_critic_advantages(q, v_first, mask, torch.zeros_like(q), gamma=1.0, lam=1.0)
+    assert torch.allclose(adv1[0], torch.tensor([1.0 - 0.1, 1.0 - 0.2, 1.0 - 0.5], dtype=torch.float64))

@@ -10,10 +10,12 @@ import torch
 
 from dvpo.cli import main
 from dvpo.data.jsonl import write_jsonl
-from dvpo.data.tau import conditioned_prompt, sample_tau_indices
+from dvpo.algos.td import gvm_td_loss
+from dvpo.data.splits import split_by_prompt
+from dvpo.data.tau import conditioned_on, conditioned_prompt, sample_tau_indices, sample_tau_sets
 from dvpo.eval.gvm_accuracy import AGGREGATIONS, aggregate, pairwise_accuracy
 from dvpo.lab.task import reference_answer
-from dvpo.models.value_model import gather_values, load_value_model, value_positions
+from dvpo.models.value_model import build_value_model, gather_values, load_value_model, value_positions
 from dvpo.trainers.gvm import td_loss
 
 
@@ -31,11 +33,69 @@ def test_gather_values_right_pads_each_rows_slots():
 def test_td0_loss_by_hand():
     logits = torch.tensor([[0.0, 0.5, 0.2, 0.9, 7.0]])  # slots at positions 1..3; position 4 is padding
     batch = {"value_start": torch.tensor([1]), "value_length": torch.tensor([3]), "score": torch.tensor([2.0])}
-    loss = td_loss(logits, batch, gamma=0.5, td_lambda=0.0, batch_norm=False)
+    loss = td_loss(logits, batch, gamma=0.5, td_lambda=0.0, normalization="none")
     expected = ((0.5 - 0.5 * 0.2) ** 2 + (0.2 - 0.5 * 0.9) ** 2 + (0.9 - 2.0) ** 2) / 3
     assert loss.item() == pytest.approx(expected)
-    mc = td_loss(logits, batch, gamma=0.5, td_lambda=1.0, batch_norm=False)
+    mc = td_loss(logits, batch, gamma=0.5, td_lambda=1.0, normalization="none")
     assert mc.item() == pytest.approx(((0.5 - 0.5) ** 2 + (0.2 - 1.0) ** 2 + (0.9 - 2.0) ** 2) / 3)
+
+
+def test_batch_normalised_td_loss_scales_the_error_by_the_targets_spread_in_float64():
+    values = torch.tensor([[0.5, 0.2, 0.9], [0.1, -0.3, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.float64)
+    rewards = torch.tensor([[0.0, 0.0, 2.0], [0.0, -1.0, 0.0]], dtype=torch.float64)
+    # TD(0), gamma 1, targets by hand: row 1 [0.2, 0.9, 2.0]; row 2 [-0.3, -1.0]
+    targets = [0.2, 0.9, 2.0, -0.3, -1.0]
+    errors = [0.5 - 0.2, 0.2 - 0.9, 0.9 - 2.0, 0.1 + 0.3, -0.3 + 1.0]
+    mean = sum(targets) / 5
+    std = (sum((t - mean) ** 2 for t in targets) / 5) ** 0.5
+    plain = gvm_td_loss(values, rewards, mask, 1.0, 0.0, "none")
+    batch = gvm_td_loss(values, rewards, mask, 1.0, 0.0, "batch")
+    assert plain.item() == pytest.approx(sum(e * e for e in errors) / 5, rel=1e-12)
+    assert batch.item() == pytest.approx(sum((e / (std + 1e-6)) ** 2 for e in errors) / 5, rel=1e-9)
+
+
+def test_literal_batch_norm_builds_targets_from_normalised_predictions():
+    values = torch.tensor([[0.5, 0.2, 0.9]], dtype=torch.float64)
+    mask = torch.ones(1, 3, dtype=torch.float64)
+    rewards = torch.tensor([[0.0, 0.0, 2.0]], dtype=torch.float64)
+    mean = values.mean()
+    normed = (values - mean) / (values.std(correction=0) + 1e-6)
+    targets = torch.tensor([normed[0, 1], normed[0, 2], 2.0], dtype=torch.float64)
+    expected = ((normed[0] - targets) ** 2).mean()
+    assert gvm_td_loss(values, rewards, mask, 1.0, 0.0, "batch-predictions").item() == pytest.approx(expected.item())
+
+
+def test_a_fresh_value_head_starts_at_zero(tiny_model):
+    model = build_value_model(str(tiny_model))
+    assert all(float(p.abs().sum()) == 0.0 for p in model.score.parameters())
+    assert float(model(input_ids=torch.tensor([[1, 2, 3]])).logits.abs().sum()) == 0.0
+
+
+def test_several_tau_pairs_are_distinct_rows_of_the_same_policy():
+    prompts = ["a", "b", "c", "d", "e", "f"]
+    policies = ["x", "x", "x", "x", "y", "y"]
+    sets = sample_tau_sets(prompts, policies, seed=1, pairs=2)
+    for i, picks in enumerate(sets[:4]):
+        assert len(picks) == 2 and len(set(picks)) == 2
+        assert all(policies[j] == "x" and j != i for j in picks)
+    assert [len(p) for p in sets[4:]] == [1, 1]  # only one other row of policy y
+    assert [p[0] for p in sample_tau_sets(prompts, policies, 1, 1)] == sample_tau_indices(prompts, policies, 1)
+    assert conditioned_on("p", [("a", "1"), ("b", "2")]) == [
+        {"role": "user", "content": "a"}, {"role": "assistant", "content": "1"},
+        {"role": "user", "content": "b"}, {"role": "assistant", "content": "2"}, {"role": "user", "content": "p"}]
+
+
+def test_validation_split_is_by_prompt_and_seeded():
+    rows = [{"prompt": f"p{i // 4}", "completion": str(i)} for i in range(400)]
+    train, validation = split_by_prompt(rows, 0.2, seed=0)
+    assert len(train) + len(validation) == 400
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in validation}
+    assert 0.1 < len(validation) / 400 < 0.3
+    assert split_by_prompt(list(reversed(rows)), 0.2, 0)[1] == list(reversed(validation))
+    assert split_by_prompt(rows, 0.0, 0) == (rows, [])
+    with pytest.raises(ValueError, match="validation"):
+        split_by_prompt(rows[:4], 0.5, 0)
 
 
 def test_tau_is_same_policy_other_prompt_and_seeded():
@@ -88,8 +148,16 @@ def easy_gvm(tiny_model, lab_data, tmp_path_factory):
     write_jsonl(folder / "test.jsonl", _easy_rated(tests))
     main(["gvm", "--model", str(tiny_model), "--data", str(folder / "train.jsonl"), "--out", str(folder / "gvm"),
           "--epochs", "4", "--learning-rate", "2e-3", "--batch-size", "16", "--max-length", "64",
-          "--warmup-steps", "5", "--logging-steps", "5", "--save-steps", "1000"])
+          "--warmup-steps", "5", "--logging-steps", "5", "--save-steps", "20", "--lora-r", "0"])
     return folder
+
+
+def test_gvm_keeps_the_checkpoint_best_on_its_validation_split(easy_gvm):
+    done = json.loads((easy_gvm / "gvm" / "dvpo_complete.json").read_text())
+    logged = [json.loads(line) for line in (easy_gvm / "gvm" / "metrics.jsonl").read_text().splitlines()]
+    accuracies = [r["eval_accuracy"] for r in logged if "eval_accuracy" in r]
+    assert done["validation_rows"] > 0 and len(accuracies) >= 2
+    assert done["validation_accuracy"] == max(accuracies)
 
 
 def test_a_tiny_gvm_learns_an_easy_rating(easy_gvm):

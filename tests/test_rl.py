@@ -29,7 +29,9 @@ def test_prompt_batches_cover_each_pass_once_and_are_seeded():
 def test_tau_partner_is_another_prompt():
     prompts = ["a", "a", "b", "c"]
     partners = tau_partner(prompts)
-    assert all(prompts[j] != prompts[i] for i, j in enumerate(partners))
+    assert all(len(js) == 1 and prompts[js[0]] != prompts[i] for i, js in enumerate(partners))
+    assert tau_partner(prompts, pairs=2)[0] == [2, 3]  # the next two samples on other prompts
+    assert tau_partner(prompts, pairs=5)[2] == [3, 0, 1]  # at most every other-prompt sample
     with pytest.raises(ValueError, match="two distinct prompts"):
         tau_partner(["a", "a"])
 
@@ -226,3 +228,28 @@ def test_a_lora_gvm_on_the_policy_base_shares_the_reference_backbone(tiny_model,
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
     first = json.loads((tmp_path / "shared" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["kl"] == 0.0  # the reference is the base model itself, the GVM's adapter off
+
+
+def test_a_runaway_response_length_stops_the_run_with_exit_code_3(tiny_model, tiny_gvm, lab_data, tmp_path, capsys):
+    out = tmp_path / "runaway"
+    # a limit below 1x trips on the first step; the step is still logged, with its length ratio
+    with pytest.raises(SystemExit) as stopped:
+        main(_rl_args(tiny_model, tiny_gvm, lab_data, out, "--max-length-ratio", "0.5"))
+    assert stopped.value.code == 3
+    assert "--max-length-ratio 0.5" in capsys.readouterr().err
+    [record] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert record["length_ratio"] == 1.0
+
+
+def test_rewards_are_standardised_by_the_reward_models_stored_statistics(tiny_rm, tiny_model):
+    from dvpo.models.reward_model import load_reward_model
+    from dvpo.trainers.advantage_sources import reward_scores
+
+    rm = load_reward_model(tiny_rm)
+    tokenizer = load_tokenizer(str(tiny_model))
+    rows = [(encode_prompt(tokenizer, "sort 3 1 2"), tokenizer("1 2 3")["input_ids"]),
+            (encode_prompt(tokenizer, "repeat 4 5"), tokenizer("4 5 hope this helps")["input_ids"])]
+    raw = reward_scores(rm, rows, normalize=False)
+    normalized = reward_scores(rm, rows)
+    expected = (raw.double() - rm.meta.score_mean) / (rm.meta.score_std + 1e-6)
+    torch.testing.assert_close(normalized.double(), expected, atol=1e-5, rtol=1e-5)

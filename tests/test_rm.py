@@ -69,15 +69,24 @@ def easy_rm(tiny_model, lab_data, tmp_path_factory):
     main(["rm", "--model", str(tiny_model), "--data", str(folder / "train.jsonl"), "--out", str(folder / "rm"),
           "--eval-data", str(folder / "test.jsonl"), "--epochs", "3", "--learning-rate", "1e-3",
           "--batch-size", "8", "--max-length", "64", "--warmup-steps", "3", "--logging-steps", "5",
-          "--save-steps", "1000"])
+          "--save-steps", "10", "--lora-r", "0"])
     return folder
 
 
 def test_a_tiny_rm_learns_an_easy_rating(easy_rm):
     summary = json.loads((easy_rm / "rm" / "dvpo_complete.json").read_text())
-    assert summary["pairs"] == 100 and summary["skipped_equal_scores"] == 0 and summary["data_kind"] == "rated"
+    # 100 prompts with one pair each: the validation split holds out about a tenth of them
+    assert summary["pairs"] + summary["validation_rows"] // 2 == 100 and summary["validation_rows"] > 0
+    assert summary["skipped_equal_scores"] == 0 and summary["data_kind"] == "rated"
     assert summary["eval_pairs"] == 40
     assert summary["eval_accuracy"] >= 0.9
+
+
+def test_rm_keeps_the_checkpoint_best_on_its_validation_split(easy_rm):
+    summary = json.loads((easy_rm / "rm" / "dvpo_complete.json").read_text())
+    logged = [json.loads(line) for line in (easy_rm / "rm" / "metrics.jsonl").read_text().splitlines()]
+    accuracies = [r["eval_accuracy"] for r in logged if "eval_accuracy" in r]
+    assert len(accuracies) >= 2 and summary["validation_accuracy"] == max(accuracies)
 
 
 def test_saved_rm_holds_model_tokenizer_and_score_statistics(easy_rm):

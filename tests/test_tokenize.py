@@ -134,8 +134,12 @@ def test_truncate_policy():
     ids, mask = list(range(10)), [0] * 6 + [1] * 4
     assert truncate(ids, mask, 10) == (ids, mask, "none")
     assert truncate(ids, mask, 7) == ([3, 4, 5, 6, 7, 8, 9], [0, 0, 0, 1, 1, 1, 1], "prompt")
-    assert truncate(ids, mask, 4) == ([6, 7, 8, 9], [1] * 4, "prompt")
-    assert truncate(ids, mask, 3) == ([6, 7, 8], [1] * 3, "response")
+    assert truncate(ids, mask, 5) == ([5, 6, 7, 8, 9], [0, 1, 1, 1, 1], "prompt")
+    # The response does not fit beside the last prompt token: that token stays, the response is cut on the right.
+    assert truncate(ids, mask, 4) == ([5, 6, 7, 8], [0, 1, 1, 1], "response")
+    assert truncate(ids, mask, 2) == ([5, 6], [0, 1], "response")
+    with pytest.raises(ValueError, match=">= 2"):
+        truncate(ids, mask, 1)
     with pytest.raises(ValueError):
         truncate(ids, mask, 0)
     with pytest.raises(ValueError):
@@ -158,7 +162,7 @@ def test_tokenize_rows_counts_and_logs_truncation(tok, caplog):
     assert all(len(o["input_ids"]) == len(o["response_mask"]) <= max_length for o in out)
     assert out[0]["score"] == 0.5 and out[0]["policy"] == "careful" and "score" not in out[1]
     assert tok.decode(_masked(out[1]["input_ids"], out[1]["response_mask"])) == "1 2 3<|eos|>"
-    assert all(out[2]["response_mask"])
+    assert out[2]["response_mask"][0] == 0 and all(out[2]["response_mask"][1:])  # the last prompt token stays
     assert stats == TruncationStats(rows=4, prompt_truncated=1, response_truncated=2)
     [record] = caplog.records
     assert record.levelno == logging.WARNING
@@ -222,23 +226,36 @@ def test_truncate_properties(prompt_len, response_len, max_length):
     ids = list(range(100, 100 + prompt_len + response_len))
     mask = [0] * prompt_len + [1] * response_len
     response = ids[prompt_len:]
+    if max_length < 2:
+        with pytest.raises(ValueError, match=">= 2"):
+            truncate(ids, mask, max_length)
+        return
     out, out_mask, what = truncate(ids, mask, max_length)
     assert len(out) == len(out_mask) <= max_length
     assert out_mask == [1 if t in response else 0 for t in out]
     start = out[0] - 100
     assert out == ids[start : start + len(out)]  # a contiguous slice: nothing reordered or skipped
-    if response_len <= max_length:
+    keep = 1 if prompt_len else 0  # the last prompt token (V(s_1)) is kept whenever there is one
+    if response_len + keep <= max_length:
         assert out[-response_len:] == response and what in ("none", "prompt")
         assert len(out) == min(len(ids), max_length)
     else:
-        assert (out, what) == (response[:max_length], "response")
+        assert (out, what) == (ids[prompt_len - keep : prompt_len] + response[: max_length - keep], "response")
+    if prompt_len:
+        assert out_mask[0] == 0
 
 
 @settings(max_examples=200, deadline=None)
 @given(mask=st.lists(st.integers(0, 1), min_size=1, max_size=40), max_length=st.integers(1, 50))
 def test_truncate_any_mask_keeps_a_slice(mask, max_length):
     ids = list(range(len(mask)))
+    if max_length < 2 and any(mask):
+        with pytest.raises(ValueError, match=">= 2"):
+            truncate(ids, mask, max_length)
+        return
     out, out_mask, _ = truncate(ids, mask, max_length)
     assert 0 < len(out) <= max_length
     assert out == ids[out[0] : out[0] + len(out)]
     assert out_mask == [mask[i] for i in out]
+    if any(mask) and mask.index(1) > 0:
+        assert out[0] < mask.index(1)  # the token before the first response token (V(s_1)'s slot) is kept

@@ -45,12 +45,13 @@ NEEDS_RM = ("ppo", "remax", "grpo")
 
 LAB_SETTINGS = (
     "SFT, the GVM and the reward model are trained once (seed {seed}); each seed then trains every method from "
-    "the same SFT model. DVPO, PPO, ReMax and GRPO share every RL setting: {steps} steps of 32 samples from the "
-    "same RL prompts (GRPO: 8 prompts × 4), minibatch 8, 2 PPO epochs, lr 1e-4, KL 0.2 adaptive towards 0.1, "
-    "24 new tokens. DVPO's advantage is the paper's, the GVM's token value, normalised by the GVM's stored "
-    "statistics; the lab's GVM is trained without tau (docs/gvm.md). ReMax also decodes one greedy response per "
-    "prompt for its baseline. DPO trains offline on the rated split's best-vs-worst pairs ({dpo_epochs:g} epoch, β 0.1, "
-    "lr 1e-5). Stage settings: src/dvpo/pipeline.py.")
+    "the same SFT model. DVPO, PPO, ReMax and GRPO share every RL setting: {steps} steps of {batch} samples from "
+    "the same RL prompts (GRPO: groups of {group}), minibatch {mini}, {epochs} PPO epochs, lr {lr:g}, KL "
+    "{kl_coef:g} adaptive towards {kl_target}, up to {new_tokens} new tokens; DVPO's advantage: {dvpo_advantage} "
+    "(values normalised by the GVM's stored statistics), the reward model's scores standardised by its stored "
+    "statistics. ReMax also decodes one greedy response per prompt for its baseline. DPO trains offline on the "
+    "rated split's best-vs-worst pairs ({dpo_epochs:g} epoch(s), β {dpo_beta:g}, lr {dpo_lr:g}). Stage settings: "
+    "configs/recipes/small/*.yaml.")
 LAB_JUDGE = ("Judge: the lab's ground truth on held-out prompts, 4 samples each at temperature 1; win rate per "
              "prompt against the same seed's SFT samples (ties count half).")
 LLM_JUDGE = ("Judge: {model} at {endpoint} with the paper's Appendix D prompt (0-5), one sample per held-out "
@@ -128,7 +129,7 @@ def check_options(cfg: CompareConfig) -> None:
 def inputs(cfg: CompareConfig, root: Path, budget: LabBudget, timer: Timer) -> tuple[Path, Path]:
     """(data folder, base model): the lab's, generated under `root`, unless given."""
     if cfg.data is None:
-        data, init = prepare_lab(root, budget, cfg.seed, timer)
+        data, init = prepare_lab(root, budget, cfg.seed, timer, task=cfg.task)
         return data, Path(cfg.model) if cfg.model else init
     data = Path(cfg.data)
     missing = [f for f in DATA_FILES if not (data / f).is_file()]
@@ -216,7 +217,13 @@ def run_compare(cfg: CompareConfig) -> dict:
                                          baseline, seed, timer)
     gvm_accuracy = evaluate_gvm(str(gvm), str(data / "rated_test.jsonl"), seed=cfg.seed) if gvm else None
     rm_accuracy = json.loads((rm / "dvpo_complete.json").read_text()).get("eval_accuracy") if rm else None
-    settings = LAB_SETTINGS.format(seed=cfg.seed, steps=budget.rl_steps, dpo_epochs=budget.dpo_epochs) + " " + (
+    dpo = dpo_config(base, data, root, budget, cfg.seed)
+    settings = LAB_SETTINGS.format(
+        seed=cfg.seed, steps=rl_settings.steps, batch=rl_settings.rollout_batch_size, group=rl_settings.group_size,
+        mini=rl_settings.mini_batch_size, epochs=rl_settings.ppo_epochs, lr=rl_settings.learning_rate,
+        kl_coef=rl_settings.kl_coef, kl_target=rl_settings.kl_target, new_tokens=rl_settings.max_new_tokens,
+        dvpo_advantage=rl_settings.dvpo_advantage, dpo_epochs=dpo.epochs, dpo_beta=dpo.beta,
+        dpo_lr=dpo.learning_rate) + " " + (
         LAB_JUDGE if judge is judge_model else LLM_JUDGE.format(model=cfg.judge_model, endpoint=cfg.judge_endpoint))
     if cfg.overrides:
         settings += f" Overrides of these settings: {json.dumps(cfg.overrides)}."

@@ -19,6 +19,9 @@ class LabDataConfig:
     n_test: int = option(200, help="held-out test prompts")
     n_rated_test: int = option(200, help="held-out rated prompts for value/reward model evaluation")
     rating_noise: float = option(0.5, help="std of the Gaussian annotator noise added to the judge's score")
+    task: str = option("digits", help="lab task (dvpo.lab.tasks): digits (repeat/reverse/sort digit lists) or "
+                       "arith (chains of single-digit add/sub/mul, answered clause by clause)",
+                       choices=["digits", "arith"])
 
 
 @dataclass
@@ -92,6 +95,8 @@ class DemoConfig:
     quick: bool = option(False, help="a smaller, faster run (under 3 minutes on 2 CPU cores)")
     seed: int = option(0, help="seed of data, initialisation and training")
     overwrite: bool = option(False, help="start afresh instead of reusing finished stages in --out")
+    task: str = option("digits", help="lab task whose data the demo generates (dvpo.lab.tasks)",
+                       choices=["digits", "arith"])
 
 
 COMPARE_METHODS = ["dvpo", "ppo", "remax", "grpo", "dpo"]
@@ -114,6 +119,8 @@ class CompareConfig:
     judge_model: str | None = option(None, help="model name at --judge-endpoint")
     seed: int = option(0, help="seed of data, initialisation, SFT, GVM and RM; run seeds are seed..seed+N-1")
     overwrite: bool = option(False, help="start afresh instead of reusing finished runs in --out")
+    task: str = option("digits", help="lab task whose data is generated when --data is not given "
+                       "(dvpo.lab.tasks)", choices=["digits", "arith"])
 
 
 @dataclass(kw_only=True)
@@ -123,10 +130,13 @@ class GvmConfig(OfflineTrainingOptions):
     out: str = option(help="output folder; re-running resumes from its last checkpoint")
     tau: str = option("policy", help="policy conditioning: another response of the same policy, or none",
                       choices=["policy", "none"])
+    tau_pairs: int = option(1, help="(prompt, response) pairs of the same policy in tau, drawn afresh each epoch")
     gamma: float = option(1.0, help="discount")
     td_lambda: float = option(0.0, help="lambda of the TD target: 0 is the paper's TD(0), 1 the Monte-Carlo return")
-    value_normalization: str = option("batch", help="the paper's batch normalisation of predicted values, or none",
-                                      choices=["batch", "none"])
+    value_normalization: str = option("batch", help="the paper's batch normalisation (batch: its statistics taken "
+                                      "from the TD targets, so no target is built from amplified noise; "
+                                      "batch-predictions: the predictions normalised, targets built from them), "
+                                      "or none", choices=["batch", "batch-predictions", "none"])
     score_normalization: str = option("zscore", help="standardise skewed offline scores (zscore), centre them on "
                                       "their prompt's mean (prompt), or none", choices=["zscore", "prompt", "none"])
     epochs: float = option(1.0, help="training epochs")
@@ -135,6 +145,9 @@ class GvmConfig(OfflineTrainingOptions):
     batch_size: int = option(32, help="rows per device per step (paper: 32)")
     max_length: int = option(1024, help="longest [tau; prompt; response] in tokens; tau is cut first (paper: 1024)")
     stats_rows: int = option(2000, help="training rows scored after training for the stored value statistics")
+    validation_fraction: float = option(0.1, help="share of the training prompts held out to pick the checkpoint "
+                                        "by pairwise accuracy (0: keep the last)")
+    lora_r: int = option(8, help="LoRA rank; 0 trains all weights (paper: 8)")
 
 
 @dataclass
@@ -169,6 +182,9 @@ class RmConfig(OfflineTrainingOptions):
     warmup_steps: int = option(0, help="linear warm-up steps")
     batch_size: int = option(4, help="pairs per device per step (paper: 4)")
     max_length: int = option(1024, help="longest prompt+response in tokens")
+    validation_fraction: float = option(0.1, help="share of the training prompts held out to pick the checkpoint "
+                                        "by pairwise accuracy (0: keep the last)")
+    lora_r: int = option(8, help="LoRA rank; 0 trains all weights (paper: 8)")
 
 
 @dataclass
@@ -189,7 +205,7 @@ class RlConfig:
     ppo_epochs: int = option(4, help="passes over each rollout batch (paper: 4)")
     learning_rate: float = option(2e-6, help="policy learning rate (paper: 2e-6)")
     critic_learning_rate: float | None = option(None, help="ppo: critic learning rate (default: --learning-rate)")
-    max_new_tokens: int = option(64, help="longest response")
+    max_new_tokens: int = option(1024, help="longest response (paper: 1024)")
     min_new_tokens: int = option(0, help="suppress eos before this many tokens (benchmarks use it for fixed lengths)")
     temperature: float = option(1.0, help="sampling temperature (log-probs use the same temperature)")
     top_p: float = option(1.0, help="nucleus sampling threshold")
@@ -197,16 +213,25 @@ class RlConfig:
     value_clip: float = option(0.2, help="ppo: clip range of the critic's value loss")
     vf_coef: float = option(0.1, help="ppo: weight of the value loss")
     gamma: float = option(1.0, help="discount (GAE and the DVPO difference advantage)")
-    gae_lambda: float = option(0.95, help="ppo: GAE lambda")
+    gae_lambda: float = option(0.95, help="ppo, and dvpo with --dvpo-advantage gae: GAE lambda")
     kl_coef: float = option(0.2, help="initial KL coefficient (paper: 0.2)")
     kl_target: float | None = option(0.1, help="adaptive KL target (paper: 0.1); empty/None keeps the coefficient fixed")
-    kl_horizon: int = option(10000, help="adaptive KL horizon in samples (Ziegler et al.)")
+    kl_horizon: int = option(1000, help="adaptive KL horizon in samples (Ziegler et al.: 10000, which at a batch of "
+                             "8 to 32 barely moves the coefficient within a run of a few hundred steps)")
     kl_penalty: str = option("reward", help="KL towards the reference: per-token in the reward/advantage, or a k3 loss term",
                              choices=["reward", "loss"])
-    dvpo_advantage: str = option("value", help="dvpo: the normalised GVM value (paper), or the token difference Q_t - Q_{t-1}/gamma",
-                                 choices=["value", "difference"])
-    dvpo_normalization: str = option("batch", help="dvpo: normalise values by the rollout batch or by the GVM's stored statistics",
-                                     choices=["batch", "stored"])
+    dvpo_advantage: str = option("gae", help="dvpo: gae (the frozen GVM as critic: its last value is the reward, GAE "
+                                 "over its values, whitened like PPO's), value (the paper's normalised token value) or "
+                                 "difference (Q_t - Q_{t-1}/gamma)", choices=["gae", "value", "difference"])
+    dvpo_normalization: str = option("stored", help="dvpo: normalise values by the GVM's statistics on its training "
+                                     "data (stored) or by the rollout batch's", choices=["stored", "batch"])
+    reward_normalization: str = option("stored", help="ppo, remax, grpo: standardise reward-model scores by their "
+                                       "statistics on its training responses (stored), or use raw scores (none)",
+                                       choices=["stored", "none"])
+    max_kl: float = option(100.0, help="stop when the mean KL to the reference per response exceeds this many nats "
+                           "(warns past half); 0 disables")
+    max_length_ratio: float = option(3.0, help="stop when the mean response length exceeds this multiple of the "
+                                     "first step's (the starting policy's); warns past 1.5x; 0 disables")
     whiten_advantages: str = option("auto", help="whiten advantages over the rollout batch (auto: for ppo only, "
                                     "as in the N+ details)", choices=["auto", "on", "off"])
     eval_prompts: str | None = option(None, help="held-out prompts scored every --eval-every steps (lab judge when they are lab prompts)")

@@ -38,7 +38,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     if cfg.overwrite and root.exists():
         shutil.rmtree(root)
     timer = Timer()
-    data, init_dir = prepare_lab(root, budget, cfg.seed, timer)
+    data, init_dir = prepare_lab(root, budget, cfg.seed, timer, task=cfg.task)
     sft_dir, gvm_dir, rm_dir = root / "sft", root / "gvm", root / "rm"
     stages = {
         "sft": (run_sft, sft_config(init_dir, data, sft_dir, budget, cfg.seed)),
@@ -56,7 +56,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     scores = {name: judge_model(model, data / "test_prompts.jsonl", root / "generations" / f"{name}.jsonl",
                                 root / "generations" / "sft.jsonl", cfg.seed, timer) for name, model in models.items()}
     prompts = [json.loads(line)["prompt"] for line in (data / "test_prompts.jsonl").read_text().splitlines()]
-    behaviour = policy_scores(prompts, seed=cfg.seed, samples_per_prompt=EVAL_SAMPLES)
+    behaviour = policy_scores(prompts, seed=cfg.seed, samples_per_prompt=EVAL_SAMPLES, task=cfg.task)
     plot_runs({algo: root / algo / "metrics.jsonl" for algo in ("dvpo", "ppo")}, "eval_score",
               root / "learning_curves.png", title="held-out lab judge score during RL")
     report = {"budget": asdict(budget), "scores": scores, "behaviour_policies": behaviour,

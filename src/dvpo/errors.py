@@ -37,6 +37,7 @@ def user_facing_errors():
     from dvpo.data.formats import DataError
     from dvpo.trainers.interrupts import RunInterrupted
     from dvpo.trainers.run_dir import RunComplete
+    from dvpo.trainers.runaway import PolicyRunaway
 
     try:
         yield
@@ -52,6 +53,9 @@ def user_facing_errors():
     except StageFailed as failed:
         print(f"dvpo: error: {failed}", file=sys.stderr)
         sys.exit(1)
+    except PolicyRunaway as error:
+        print(f"dvpo: error: {error}", file=sys.stderr)
+        sys.exit(3)
     except FloatingPointError as error:
         print(f"dvpo: error: {error}", file=sys.stderr)
         sys.exit(3)

@@ -8,11 +8,15 @@ real models.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+from dvpo.config import apply_overrides
 from dvpo.configs import DpoConfig, GenerateConfig, GvmConfig, RlConfig, RmConfig, SftConfig
 from dvpo.eval.lab_judge import judge_file
 from dvpo.lab.make_data import make_lab_data
@@ -21,29 +25,47 @@ from dvpo.rollout.generate import run_generate
 
 logger = logging.getLogger(__name__)
 
-EVAL_SAMPLES = 4  # samples per held-out prompt when judging a finished model
+
+
+RECIPES = Path(__file__).parent / "recipes" / "small"
+"""The small-model settings of every stage as YAML (also at configs/recipes/small/ in the repository):
+`dvpo <stage> --config configs/recipes/small/<stage>.yaml` trains a stage exactly as the demo does."""
+
+
+def recipe(stage: str) -> dict:
+    """The options of one stage's recipe file."""
+    path = RECIPES / f"{stage}.yaml"
+    return yaml.safe_load(path.read_text()) or {}
+
+
+EVAL_SAMPLES = recipe("generate")["num_samples"]  # samples per held-out prompt when judging a finished model
+
+
+def from_recipe(config_cls, stage: str, changes: dict, **required):
+    """A stage's config: its recipe file over the CLI defaults, then `changes` (budget, seed, paths)."""
+    config = apply_overrides(config_cls(**required), recipe(stage), str(RECIPES / f"{stage}.yaml"))
+    return dataclasses.replace(config, **changes)
 
 
 @dataclass(frozen=True)
 class LabBudget:
-    """Sizes and steps of one run flavour; the paper's 30/50/20 split of training prompts."""
+    """Sizes of one run flavour (the paper's 30/50/20 split of training prompts) and its changes to the
+    recipes' budgets (None: the recipe's)."""
 
     n_sft: int
     n_rated: int
     n_rl: int
     n_test: int
-    sft_epochs: float
-    gvm_epochs: float
-    rm_steps: int
-    rl_steps: int
-    dpo_epochs: float = 1.0
+    stage_changes: dict = field(default_factory=dict)
     size: str = "small"
 
+    def changes(self, stage: str) -> dict:
+        return dict(self.stage_changes.get(stage, {}))
 
-FULL = LabBudget(n_sft=3000, n_rated=5000, n_rl=2000, n_test=200, sft_epochs=10, gvm_epochs=4, rm_steps=600,
-                 rl_steps=150)
-QUICK = LabBudget(n_sft=1500, n_rated=1500, n_rl=600, n_test=100, sft_epochs=8, gvm_epochs=2, rm_steps=200,
-                  rl_steps=40)
+
+FULL = LabBudget(n_sft=3000, n_rated=5000, n_rl=2000, n_test=200)
+QUICK = LabBudget(n_sft=1500, n_rated=1500, n_rl=600, n_test=100,
+                  stage_changes={"sft": {"epochs": 8}, "gvm": {"epochs": 2}, "rm": {"epochs": 2}, "rl": {"steps": 40}})
 
 
 class Timer:
@@ -60,12 +82,13 @@ class Timer:
         return result
 
 
-def prepare_lab(root: Path, budget: LabBudget, seed: int, timer: Timer) -> tuple[Path, Path]:
-    """Lab data and a fresh tokenizer + Llama under `root` (kept when already there); returns (data, init)."""
+def prepare_lab(root: Path, budget: LabBudget, seed: int, timer: Timer, task: str = "digits") -> tuple[Path, Path]:
+    """Data of lab task `task` and a fresh tokenizer + Llama under `root` (kept when already there);
+    returns (data, init)."""
     data, init_dir = root / "data", root / "init"
     if not (data / "manifest.json").exists():
         timer("make-data", make_lab_data, data, seed=seed, n_sft=budget.n_sft, n_rated=budget.n_rated,
-              n_rl=budget.n_rl, n_test=budget.n_test, n_rated_test=budget.n_test)
+              n_rl=budget.n_rl, n_test=budget.n_test, n_rated_test=budget.n_test, task=task)
     if not (init_dir / "dvpo_init.json").exists():
         timer("init", init_model, [str(data / f) for f in ("sft.jsonl", "rated.jsonl", "prompts.jsonl")],
               budget.size, str(init_dir), seed=seed)
@@ -73,54 +96,41 @@ def prepare_lab(root: Path, budget: LabBudget, seed: int, timer: Timer) -> tuple
 
 
 def sft_config(model: Path, data: Path, out: Path, budget: LabBudget, seed: int) -> SftConfig:
-    return SftConfig(model=str(model), data=str(data / "sft.jsonl"), out=str(out), epochs=budget.sft_epochs,
-                     learning_rate=2e-3, warmup_steps=20, batch_size=32, max_length=64, weight_decay=0.01,
-                     logging_steps=20, save_steps=200, seed=seed)
+    return from_recipe(SftConfig, "sft", {**budget.changes("sft"), "seed": seed}, model=str(model),
+                       data=str(data / "sft.jsonl"), out=str(out))
 
 
 def gvm_config(sft: Path, data: Path, out: Path, budget: LabBudget, seed: int) -> GvmConfig:
-    """The best lab setting of docs/gvm.md's ablation: Monte-Carlo targets, no value normalisation, no tau
-    (on the lab a response shows its policy by itself; tau doubles the input and cost 11 points of
-    accuracy), and a gentle lr for four epochs (at 1e-3 training overwrites what SFT learned: 69%
-    instead of 81%)."""
-    return GvmConfig(model=str(sft), data=str(data / "rated.jsonl"), out=str(out), epochs=budget.gvm_epochs,
-                     learning_rate=2e-4, warmup_steps=20, batch_size=32, max_length=96, td_lambda=1.0,
-                     tau="none", value_normalization="none", logging_steps=50, save_steps=500, seed=seed)
+    return from_recipe(GvmConfig, "gvm", {**budget.changes("gvm"), "seed": seed}, model=str(sft),
+                       data=str(data / "rated.jsonl"), out=str(out))
 
 
 def rm_config(sft: Path, data: Path, out: Path, budget: LabBudget, seed: int) -> RmConfig:
-    """lr 3e-4, as for the GVM: 75% held-out accuracy against 71% at 1e-3."""
-    return RmConfig(model=str(sft), data=str(data / "rated.jsonl"), out=str(out),
-                    eval_data=str(data / "rated_test.jsonl"), max_steps=budget.rm_steps, batch_size=32,
-                    learning_rate=3e-4, warmup_steps=20, max_length=64, logging_steps=50, save_steps=500, seed=seed)
+    return from_recipe(RmConfig, "rm", {**budget.changes("rm"), "seed": seed,
+                                        "eval_data": str(data / "rated_test.jsonl")},
+                       model=str(sft), data=str(data / "rated.jsonl"), out=str(out))
 
 
 def rl_config(algo: str, sft: Path, data: Path, out: Path, budget: LabBudget, seed: int, **source) -> RlConfig:
-    """The same RL settings for every algorithm (same prompts, same samples per step): only the source differs.
-
-    DVPO normalises its values by the GVM's stored statistics, so a token's advantage is its value on the
-    GVM's scale (seed 0: judge 7.76, against 7.14 with the rollout batch's statistics; docs/rl.md).
-    """
-    return RlConfig(algo=algo, policy=str(sft), prompts=str(data / "prompts.jsonl"), out=str(out),
-                    steps=budget.rl_steps, rollout_batch_size=32, mini_batch_size=8, ppo_epochs=2,
-                    learning_rate=1e-4, max_new_tokens=24, eval_prompts=str(data / "test_prompts.jsonl"),
-                    eval_every=max(1, budget.rl_steps // 6), save_every=50, seed=seed, dvpo_normalization="stored",
-                    **source)
+    """The same RL settings for every algorithm (same prompts, same samples per step): only the source differs."""
+    steps = budget.changes("rl").get("steps", recipe("rl")["steps"])
+    return from_recipe(RlConfig, "rl", {**budget.changes("rl"), "seed": seed, "eval_every": max(1, steps // 6),
+                                        "eval_prompts": str(data / "test_prompts.jsonl"), **source},
+                       algo=algo, policy=str(sft), prompts=str(data / "prompts.jsonl"), out=str(out))
 
 
 def dpo_config(sft: Path, data: Path, out: Path, budget: LabBudget, seed: int) -> DpoConfig:
-    """Best vs worst rated response per prompt; lr 1e-5 (1e-4 over-optimises, docs/results/rl_variants_seed0.md)."""
-    return DpoConfig(model=str(sft), data=str(data / "rated.jsonl"), out=str(out), epochs=budget.dpo_epochs,
-                     batch_size=8, learning_rate=1e-5, max_length=64, logging_steps=50, save_steps=500, seed=seed)
+    return from_recipe(DpoConfig, "dpo", {**budget.changes("dpo"), "seed": seed}, model=str(sft),
+                       data=str(data / "rated.jsonl"), out=str(out))
 
 
 def judge_model(model: Path, prompts: Path, out: Path, baseline: Path | None, seed: int, timer: Timer) -> dict:
-    """Sample EVAL_SAMPLES responses per held-out prompt at temperature 1 and score them with the lab judge.
+    """Sample generate.yaml's responses per held-out prompt (4) at temperature 1 and score them with the lab judge.
 
     Temperature 1 is the policy RL optimises (greedy decoding would hide what SFT has and has not learned).
     """
     if not out.exists():
-        timer(f"generate:{out.parent.name}/{out.stem}", run_generate, GenerateConfig(
-            model=str(model), prompts=str(prompts), out=str(out), temperature=1.0, max_new_tokens=24,
-            num_samples=EVAL_SAMPLES, seed=seed))
+        timer(f"generate:{out.parent.name}/{out.stem}", run_generate, from_recipe(
+            GenerateConfig, "generate", {"seed": seed}, model=str(model), prompts=str(prompts), out=str(out)))
     return judge_file(out, baseline if baseline is not None and baseline != out and baseline.exists() else None)
+

@@ -3,8 +3,9 @@
 DVPO, PPO, ReMax and GRPO differ in where the advantage comes from:
 
 - DVPO (arXiv 2502.16944, section 3.3): the frozen GVM's normalised value
-  ``A_t = (Q_t - mu) / (sigma + eps)``; or, as an option beyond the paper, the
-  token difference ``A_t = Q_t - V(s_t)`` with ``V(s_t) = Q_{t-1} / gamma``;
+  ``A_t = (Q_t - mu) / (sigma + eps)``; or, as options beyond the paper, the
+  token difference ``A_t = Q_t - V(s_t)`` with ``V(s_t) = Q_{t-1} / gamma``, or
+  GAE with the frozen GVM as the critic and its last value as the reward;
 - PPO: GAE on a trained critic (see :func:`dvpo.algos.ppo.gae`);
 - ReMax (Li et al. 2023): ``r - r_greedy``, a sequence-level advantage;
 - GRPO (Shao et al. 2024, DeepSeekMath): group-normalised sequence rewards.
@@ -19,10 +20,13 @@ from __future__ import annotations
 import torch
 
 from dvpo.algos.masked import _fmask, masked_mean
+from dvpo.algos.ppo import gae
+from dvpo.algos.td import last_token_rewards
 
 __all__ = [
     "dvpo_value_advantages",
     "dvpo_difference_advantages",
+    "dvpo_critic_advantages",
     "group_normalized_advantages",
     "remax_advantages",
     "broadcast_sequence_advantage",
@@ -94,6 +98,38 @@ def dvpo_difference_advantages(
         first = v_first.detach().to(dtype=q.dtype, device=q.device).unsqueeze(1)
     baseline = torch.cat([first, qm[:, :-1] / gamma], dim=1)[:, : q.shape[1]]
     return (q - baseline) * m
+
+
+def dvpo_critic_advantages(
+    q_values: torch.Tensor,
+    v_first: torch.Tensor,
+    mask: torch.Tensor,
+    kl_penalty: torch.Tensor,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE with the frozen GVM as the critic (beyond the paper): ``(advantages, returns)``, detached.
+
+    The GVM's value of the last token, ``Q_T``, estimates the sequence's reward, so it is the reward
+    on the last token; every token pays ``kl_penalty_t`` (``beta * KL_t``, or 0). The state values
+    are ``V(s_1) = v_first`` and ``V(s_t) = Q_{t-1} / gamma`` for ``t > 1`` (deterministic
+    transitions, no intermediate reward). Then ``delta_t = r_t + gamma V(s_{t+1}) - V(s_t)`` and
+    GAE(gamma, lam) as for PPO's critic (:func:`dvpo.algos.ppo.gae`). With ``lam = 1`` and no KL
+    every token's advantage is ``Q_T - V(s_t)``: what is left of the sequence's value to earn
+    from that point, a per-state baseline that the paper's ``A_t = Q_t`` lacks.
+    """
+    q = q_values.detach()
+    m = _fmask(mask, q)
+    if v_first.shape != (q.shape[0],):
+        raise ValueError(f"v_first must have shape [{q.shape[0]}], got {tuple(v_first.shape)}")
+    if gamma <= 0:
+        raise ValueError(f"gamma must be positive, got {gamma}")
+    qm = q * m
+    state_values = torch.cat([v_first.detach().to(q.dtype).unsqueeze(1), qm[:, :-1] / gamma], dim=1) * m
+    lengths = m.sum(dim=1).long()
+    last_q = qm.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1) * (lengths > 0)
+    rewards = last_token_rewards(last_q, m) - kl_penalty.detach().to(q.dtype) * m
+    return gae(state_values, rewards, m, gamma, lam)
 
 
 def group_normalized_advantages(

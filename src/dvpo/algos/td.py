@@ -29,6 +29,7 @@ __all__ = [
     "last_token_rewards",
     "td_lambda_targets",
     "value_normalization",
+    "gvm_td_loss",
     "update_moments",
     "moments_std",
     "score_normalizer",
@@ -120,6 +121,39 @@ def value_normalization(
     std = torch.where(positive, torch.sqrt(torch.where(positive, var, torch.ones_like(var))), torch.zeros_like(var))
     normalized = (values - mean) / (std + eps) * m
     return normalized, mean.detach(), std.detach()
+
+
+def gvm_td_loss(
+    values: torch.Tensor,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+    normalization: str = "none",
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Mean squared TD(lambda) error of the GVM over the value slots; the target is stop-gradient.
+
+    - ``"none"``: ``(Q_t - G_t)^2`` with ``G_t`` built from the raw values.
+    - ``"batch"``: the paper's batch statistics (eq. 2), taken over the detached *targets* of the
+      batch and applied to prediction and target alike: ``((Q_t - mu_B)/(sigma_B + eps) -
+      (G_t - mu_B)/(sigma_B + eps))^2``. The targets are built from raw values, so the value scale
+      stays the rewards' and no target is built from a fresh head's noise blown up to unit variance
+      (normalising the targets, as PopArt does, instead of the predictions).
+    - ``"batch-predictions"``: the paper read literally: the predictions are batch-normalised (with
+      gradient through ``mu_B`` and ``sigma_B``) and the TD targets are built from the normalised
+      predictions. Kept to measure it: under TD(0) most slots then learn from amplified noise.
+    """
+    if normalization == "batch-predictions":
+        values, _, _ = value_normalization(values, mask, eps)
+    targets = td_lambda_targets(values, rewards, mask, gamma, lam)
+    error = values - targets
+    if normalization == "batch":
+        _, _, sigma = value_normalization(targets, mask, eps)
+        error = error / torch.where(sigma > 0, sigma + eps, torch.ones_like(sigma))  # constant targets: unscaled
+    elif normalization not in ("none", "batch-predictions"):
+        raise ValueError(f"unknown normalization {normalization!r}; choose none, batch or batch-predictions")
+    return masked_mean(error ** 2, mask)
 
 
 def update_moments(

@@ -120,23 +120,36 @@ def truncate(
 ) -> tuple[list[int], list[int], str]:
     """Fit a sequence into `max_length` tokens; returns (ids, mask, what was cut).
 
-    Policy: the response (from its first masked token on) is what is learnt, so prompt tokens
-    are dropped from the LEFT first, keeping the end of the prompt next to the response
-    ("prompt"). Only when the response alone is longer than `max_length` is it cut from the
-    RIGHT: then the sequence is the first `max_length` response tokens and no prompt at all
-    ("response"). "none" when it already fits. Tokens are never reordered.
+    Policy: the response (from its first masked token on) is what is learnt, and the value
+    model reads V(s_1) at the last prompt token, so a cut row always keeps that token. Prompt
+    tokens are dropped from the LEFT first, keeping the end of the prompt next to the response
+    ("prompt"). Only when the response alone does not fit in `max_length - 1` tokens is it cut
+    from the RIGHT: then the sequence is the last prompt token followed by the first
+    `max_length - 1` response tokens ("response"). "none" when it already fits. Tokens are
+    never reordered: the result is one contiguous slice of the input.
+
+    A row with a response needs `max_length >= 2` (one prompt token and one response token);
+    anything less is a ConfigError (a ValueError). A row whose mask starts at its first token
+    has no prompt to keep, and is cut to its first `max_length` tokens.
     """
+    from dvpo.config import ConfigError
+
     if max_length < 1:
-        raise ValueError(f"max_length must be >= 1, got {max_length}")
+        raise ConfigError(f"max_length must be >= 1, got {max_length}")
     if len(input_ids) != len(response_mask):
         raise ValueError(f"input_ids/response_mask lengths differ: {len(input_ids)}, {len(response_mask)}")
+    start = next((i for i, m in enumerate(response_mask) if m), len(response_mask))
+    if max_length < 2 and start < len(response_mask):
+        raise ConfigError(f"max_length (--max-length) must be >= 2 for rows with a response (the last prompt "
+                          f"token and at least one response token), got {max_length}")
     if len(input_ids) <= max_length:
         return list(input_ids), list(response_mask), "none"
-    start = next((i for i, m in enumerate(response_mask) if m), len(response_mask))
-    if len(input_ids) - start <= max_length:
+    keep_prompt = 1 if start > 0 else 0  # the last prompt token: slot of V(s_1) in the value model
+    if len(input_ids) - start + keep_prompt <= max_length:
         return list(input_ids[-max_length:]), list(response_mask[-max_length:]), "prompt"
-    end = start + max_length
-    return list(input_ids[start:end]), list(response_mask[start:end]), "response"
+    begin = start - keep_prompt
+    end = begin + max_length
+    return list(input_ids[begin:end]), list(response_mask[begin:end]), "response"
 
 
 def truncate_prompts(prompt_id_lists: list[list[int]], max_prompt_length: int,

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from dvpo.data.formats import load_rows
-from dvpo.data.tau import sample_tau_indices
+from dvpo.data.tau import sample_tau_sets
 from dvpo.models.value_model import GlobalValueModel, load_value_model
 
 logger = logging.getLogger(__name__)
@@ -58,11 +58,10 @@ def pairwise_accuracy(prompts: list, scores: list[float], aggregates: list[dict[
 
 def token_values(gvm: GlobalValueModel, rows: list[dict], seed: int, batch_size: int = 32) -> list[torch.Tensor]:
     """Normalised token values of each row's response, tau drawn from the same file and policy."""
-    taus = sample_tau_indices([r["prompt"] for r in rows], [r.get("policy") for r in rows], seed)
-    tau_prompts = [rows[j]["prompt"] if j is not None else None for j in taus]
-    tau_responses = [rows[j]["completion"] if j is not None else None for j in taus]
-    return gvm.score([r["prompt"] for r in rows], [r["completion"] for r in rows], tau_prompts, tau_responses,
-                     batch_size=batch_size)
+    picks = (sample_tau_sets([r["prompt"] for r in rows], [r.get("policy") for r in rows], seed, gvm.meta.tau_pairs)
+             if gvm.meta.tau else [[]] * len(rows))
+    taus = [[(rows[j]["prompt"], rows[j]["completion"]) for j in chosen] for chosen in picks]
+    return gvm.score([r["prompt"] for r in rows], [r["completion"] for r in rows], batch_size=batch_size, taus=taus)
 
 
 def evaluate_gvm(gvm_dir: str, data: str, split: str = "train", seed: int = 0, batch_size: int = 32) -> dict:

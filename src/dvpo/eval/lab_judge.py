@@ -1,4 +1,7 @@
-"""Score generations on the lab task with its ground-truth judge: mean, spread and win rate."""
+"""Score generations on the lab tasks with their ground-truth judges: mean, spread and win rate.
+
+Each row is scored by the judge of the lab task that recognises its prompt (dvpo.lab.tasks), so one
+file may hold prompts of several tasks."""
 
 from __future__ import annotations
 
@@ -9,11 +12,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from dvpo.data.formats import load_rows
-from dvpo.lab.task import POLICIES, judge
+from dvpo.lab.tasks import get_task, judge, task_for_prompt
 
 
 def score_rows(rows: Iterable[dict]) -> list[float]:
-    """Ground-truth score of each row's `completion` for its `prompt`."""
+    """Ground-truth score of each row's `completion` for its `prompt`, by the judge of the prompt's task."""
     scores = []
     for i, row in enumerate(rows):
         missing = [f for f in ("prompt", "completion") if not isinstance(row.get(f), str)]
@@ -47,15 +50,20 @@ def judge_file(generations_path: str | Path, baseline_path: str | Path | None = 
     return result
 
 
-def policy_scores(prompts: list[str], seed: int, samples_per_prompt: int = 1) -> dict[str, float]:
-    """Ground-truth mean score of each behaviour policy on `prompts` (each policy has its own
-    seeded stream, so one policy's result does not depend on the others)."""
+def policy_scores(prompts: list[str], seed: int, samples_per_prompt: int = 1,
+                  task: str | None = None) -> dict[str, float]:
+    """Ground-truth mean score of each behaviour policy of lab task `task` on `prompts` (each policy
+    has its own seeded stream, so one policy's result does not depend on the others). Without
+    `task`, the task of the first prompt; every prompt must be the task's."""
     if not prompts or samples_per_prompt < 1:
         raise ValueError("policy_scores needs at least one prompt and samples_per_prompt >= 1")
+    lab = get_task(task) if task is not None else task_for_prompt(prompts[0])
+    if lab is None:
+        raise ValueError(f"not a lab prompt: {prompts[0]!r}; policy_scores needs the prompts of a lab task")
     means = {}
-    for name, policy in POLICIES.items():
+    for name, policy in lab.policies.items():
         rng = random.Random(f"lab-policy-{name}-{seed}")
-        total = sum(judge(p, policy.respond(p, rng)) for p in prompts for _ in range(samples_per_prompt))
+        total = sum(lab.judge(p, policy.respond(p, rng)) for p in prompts for _ in range(samples_per_prompt))
         means[name] = total / (len(prompts) * samples_per_prompt)
     return means
 

@@ -1,4 +1,5 @@
-"""Scoring during RL: the lab's ground truth on rollouts and on held-out prompts, when prompts are lab prompts."""
+"""Scoring during RL: the lab's ground truth on rollouts and on held-out prompts, when prompts are lab prompts
+(of any lab task: each prompt is scored by the judge of the task that recognises it)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,14 @@ import torch
 
 from dvpo.data.formats import load_rows
 from dvpo.data.tokenize import encode_prompt
-from dvpo.lab.task import judge, parse_prompt
+from dvpo.lab.tasks import judge, task_for_prompt
 from dvpo.rollout.sampling import SharedNoise, sample
 from dvpo.distributed import BatchStats
 
 
 def is_lab_prompt(prompt) -> bool:
-    try:
-        parse_prompt(prompt)
-        return True
-    except (ValueError, AttributeError):
-        return False
+    """Whether some lab task (dvpo.lab.tasks) recognises `prompt`."""
+    return task_for_prompt(prompt) is not None
 
 
 class PromptScorer:

@@ -9,14 +9,13 @@ import random
 from pathlib import Path
 
 from dvpo.data.jsonl import write_jsonl
-from dvpo.lab.task import MAX_LEN, MIN_LEN, POLICIES, judge, sample_prompts
+from dvpo.lab.task import SFT_MIX
+from dvpo.lab.tasks import LabTask, get_task
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SFT_MIX = {"careful": 0.25, "sloppy": 0.30, "verbose": 0.30, "lazy": 0.15}
-"""Policy mixture behind the SFT completions. Deliberately mostly imperfect: supervised
-fine-tuning imitates the mixture and lands well below `careful`, which leaves RL room to
-show what the value/reward signal adds."""
+DEFAULT_SFT_MIX = SFT_MIX
+"""The digit lab's policy mixture behind the SFT completions (each task has its own: `LabTask.sft_mix`)."""
 
 
 def make_lab_data(
@@ -29,20 +28,27 @@ def make_lab_data(
     n_rated_test: int = 200,
     rating_noise: float = 0.5,
     sft_mix: dict[str, float] | None = None,
-    min_len: int = MIN_LEN,
-    max_len: int = MAX_LEN,
+    min_len: int | None = None,
+    max_len: int | None = None,
+    task: str = "digits",
 ) -> dict[str, Path]:
-    """Write the lab data set into `out_dir`; returns the path of each file by kind.
+    """Write the data set of lab task `task` into `out_dir`; returns the path of each file by kind.
 
     The default counts follow the paper's split of training prompts: 30% SFT, 50% rated
     (reward/value learning), 20% RL. Test and rated-test prompts are held out, and all prompt
     sets are pairwise disjoint. Rated scores are the ground-truth judge plus Gaussian
-    annotator noise of std `rating_noise`. Output is a function of the arguments alone.
+    annotator noise of std `rating_noise`. `sft_mix` defaults to the task's mixture, and the prompt
+    sizes `min_len`..`max_len` (in the task's unit) to the task's. Output is a function of the
+    arguments alone.
     """
-    mix = dict(DEFAULT_SFT_MIX if sft_mix is None else sft_mix)
-    unknown = set(mix) - set(POLICIES)
+    lab = get_task(task)
+    policies = lab.policies
+    mix = dict(lab.sft_mix if sft_mix is None else sft_mix)
+    unknown = set(mix) - set(policies)
     if unknown or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
-        raise ValueError(f"sft_mix needs non-negative weights over {sorted(POLICIES)} with a positive sum, got {mix}")
+        raise ValueError(f"sft_mix needs non-negative weights over {sorted(policies)} with a positive sum, got {mix}")
+    min_len = lab.min_len if min_len is None else min_len
+    max_len = lab.max_len if max_len is None else max_len
     out = Path(out_dir)
 
     # Held-out sets are drawn first so they do not change when the training counts do.
@@ -50,7 +56,7 @@ def make_lab_data(
     taken: set[str] = set()
     sets = {}
     for name, n in [("test", n_test), ("rated_test", n_rated_test), ("sft", n_sft), ("rated", n_rated), ("rl", n_rl)]:
-        sets[name] = sample_prompts(n, prompt_rng, exclude=taken, min_len=min_len, max_len=max_len)
+        sets[name] = lab.sample_prompts(n, prompt_rng, exclude=taken, min_len=min_len, max_len=max_len)
         taken.update(sets[name])
 
     sft_rng = random.Random(f"lab-sft-{seed}")
@@ -58,10 +64,10 @@ def make_lab_data(
     sft_rows = []
     for prompt in sets["sft"]:
         policy = sft_rng.choices(names, weights)[0]
-        sft_rows.append({"prompt": prompt, "completion": POLICIES[policy].respond(prompt, sft_rng)})
+        sft_rows.append({"prompt": prompt, "completion": policies[policy].respond(prompt, sft_rng)})
 
-    rated = _rated_rows(sets["rated"], random.Random(f"lab-rated-{seed}"), rating_noise)
-    rated_test = _rated_rows(sets["rated_test"], random.Random(f"lab-rated-test-{seed}"), rating_noise)
+    rated = _rated_rows(sets["rated"], random.Random(f"lab-rated-{seed}"), rating_noise, lab)
+    rated_test = _rated_rows(sets["rated_test"], random.Random(f"lab-rated-test-{seed}"), rating_noise, lab)
     preference, skipped = _preference_rows(rated)
     if skipped:
         logger.info("lab preference pairs: skipped %d of %d prompts whose best and worst responses tie", skipped, len(sets["rated"]))
@@ -77,6 +83,7 @@ def make_lab_data(
     paths = {kind: out / name for kind, (name, _) in files.items()}
     counts = {kind: write_jsonl(paths[kind], rows) for kind, (_, rows) in files.items()}
     manifest = {
+        "task": task,
         "seed": seed,
         "files": {kind: name for kind, (name, _) in files.items()},
         "counts": counts,
@@ -94,13 +101,13 @@ def make_lab_data(
     return paths
 
 
-def _rated_rows(prompts: list[str], rng: random.Random, noise: float) -> list[dict]:
-    """One response per behaviour policy per prompt, scored by the judge plus annotator noise."""
+def _rated_rows(prompts: list[str], rng: random.Random, noise: float, lab: LabTask) -> list[dict]:
+    """One response per behaviour policy per prompt, scored by the task's judge plus annotator noise."""
     rows = []
     for prompt in prompts:
-        for name, policy in POLICIES.items():
+        for name, policy in lab.policies.items():
             completion = policy.respond(prompt, rng)
-            score = round(judge(prompt, completion) + rng.gauss(0.0, noise), 3)
+            score = round(lab.judge(prompt, completion) + rng.gauss(0.0, noise), 3)
             rows.append({"prompt": prompt, "completion": completion, "score": score, "policy": name})
     return rows
 
@@ -125,7 +132,8 @@ def _preference_rows(rated: list[dict]) -> tuple[list[dict], int]:
 def run_make_data(cfg) -> dict[str, Path]:
     """CLI entry: `dvpo lab make-data`."""
     paths = make_lab_data(cfg.out, seed=cfg.seed, n_sft=cfg.n_sft, n_rated=cfg.n_rated, n_rl=cfg.n_rl,
-                          n_test=cfg.n_test, n_rated_test=cfg.n_rated_test, rating_noise=cfg.rating_noise)
+                          n_test=cfg.n_test, n_rated_test=cfg.n_rated_test, rating_noise=cfg.rating_noise,
+                          task=cfg.task)
     for name, path in paths.items():
         print(f"{name:>13}: {path}")
     return paths

@@ -129,6 +129,12 @@ POLICIES: dict[str, BehaviourPolicy] = {
 }
 
 
+SFT_MIX = {"careful": 0.25, "sloppy": 0.30, "verbose": 0.30, "lazy": 0.15}
+"""Policy mixture behind the SFT completions. Deliberately mostly imperfect: supervised
+fine-tuning imitates the mixture and lands well below `careful`, which leaves RL room to
+show what the value/reward signal adds."""
+
+
 def judge(prompt: str, completion: str) -> float:
     """Ground-truth score: ACCURACY_WEIGHT * positional accuracy - FILLER_PENALTY * filler words.
 

@@ -26,8 +26,9 @@ class StageMeta:
 class FrozenScorer:
     """A loaded model in eval mode with gradients off, its tokenizer and its metadata."""
 
-    def __init__(self, model, tokenizer, meta):
-        self.model = model.eval().requires_grad_(False)
+    def __init__(self, model, tokenizer, meta, freeze: bool = True):
+        # freeze=False: score a model that is still training (validation), leaving its gradients on
+        self.model = model.eval().requires_grad_(False) if freeze else model
         self.tokenizer = tokenizer
         self.meta = meta
 

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
 from dvpo.data.collate import pad_sequences
-from dvpo.data.tau import conditioned_prompt
+from dvpo.data.tau import conditioned_on
 from dvpo.data.tokenize import encode_example, ensure_pad_token, truncate
 from dvpo.errors import ModelError
 from dvpo.models.frozen import FrozenScorer, StageMeta
@@ -38,14 +38,36 @@ def build_value_model(path: str, dtype: str = "auto", fsdp: bool = False):
     with loading_errors("model", path):
         config = AutoConfig.from_pretrained(path, num_labels=1)
         config.classifier_dropout = 0.0  # dropout before a regression head only adds noise to the targets
-        return AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=resolve_dtype(dtype),
-                                                               **fsdp_loading(fsdp))
+        model, info = AutoModelForTokenClassification.from_pretrained(
+            path, config=config, dtype=resolve_dtype(dtype), output_loading_info=True, **fsdp_loading(fsdp))
+    if any(key.startswith("score.") for key in info["missing_keys"]):
+        zero_head(model)
+    return model
+
+
+def zero_head(model) -> None:
+    """Start a fresh value head at exactly zero: every value is 0 until training gives it signal, so no
+    TD target is ever built from the random spread of an untrained head."""
+    with torch.no_grad():
+        for parameter in model.score.parameters():
+            if not parameter.is_meta:
+                parameter.zero_()
 
 
 def value_positions(response_mask: list[int]) -> tuple[int, int]:
-    """(start, length) of the value slots of one row: its last prompt token, then every response token."""
-    first = response_mask.index(1)
-    return first - 1, sum(response_mask) + 1
+    """(start, length) of the value slots of one row: its last prompt token, then every response token.
+
+    A ValueError when the row has no response token, or no prompt token before its response
+    (slot 0, V(s_1), lives on the last prompt token; `truncate` keeps it with max_length >= 2).
+    """
+    mask = [int(m) for m in response_mask]
+    if 1 not in mask:
+        raise ValueError("a row without any response token has no value slots")
+    first = mask.index(1)
+    if first == 0:
+        raise ValueError("a row whose response starts at its first token has no prompt token for V(s_1); "
+                         "keep at least the last prompt token (truncate does so with max_length >= 2)")
+    return first - 1, sum(mask) + 1
 
 
 def gather_values(logits: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,12 +91,13 @@ class GvmMeta(StageMeta):
     tau: bool
     gamma: float
     td_lambda: float
-    value_normalization: str            # "batch" or "none"
+    value_normalization: str            # "batch", "batch-predictions" or "none" (how it was trained)
     value_mean: float = 0.0             # statistics of raw predicted values on the training data
     value_std: float = 1.0
     score_mean: float = 0.0             # z-scoring of the offline scores ("none": 0 and 1)
     score_std: float = 1.0
     max_length: int = 512
+    tau_pairs: int = 1                  # (prompt, response) pairs of the acting policy in tau, when tau is on
 
 
 class GlobalValueModel(FrozenScorer):
@@ -94,27 +117,32 @@ class GlobalValueModel(FrozenScorer):
         values, mask = gather_values(logits, starts, lengths)
         return (self.normalize(values) * mask if normalized else values), mask
 
-    def encode(self, prompt, response, tau_prompt=None, tau_response=None) -> tuple[list[int], int, int]:
-        """Token ids of [tau; prompt; response] and its value slots; tau is dropped when the GVM was trained without it."""
-        if not self.meta.tau:
-            tau_prompt = tau_response = None
-        ids, mask = encode_example(self.tokenizer, conditioned_prompt(prompt, tau_prompt, tau_response), response)
+    def encode(self, prompt, response, tau: list[tuple] | None = None) -> tuple[list[int], int, int]:
+        """Token ids of [tau; prompt; response] and its value slots; tau (a list of (prompt, response) pairs)
+        is dropped when the GVM was trained without it."""
+        pairs = list(tau or []) if self.meta.tau else []
+        ids, mask = encode_example(self.tokenizer, conditioned_on(prompt, pairs), response)
         ids, mask, _ = truncate(ids, mask, self.meta.max_length)
         start, length = value_positions(mask)
         return ids, start, length
 
     def score(self, prompts: list, responses: list, tau_prompts: list | None = None,
-              tau_responses: list | None = None, normalized: bool = True, batch_size: int = 32) -> list[torch.Tensor]:
-        """Per response: a tensor of its token values Q_1..Q_T (V(s_1) left out)."""
+              tau_responses: list | None = None, normalized: bool = True, batch_size: int = 32,
+              taus: list[list[tuple]] | None = None) -> list[torch.Tensor]:
+        """Per response: a tensor of its token values Q_1..Q_T (V(s_1) left out).
+
+        tau per row: one pair as `tau_prompts[i]`, `tau_responses[i]` (None: no tau), or several as
+        `taus[i]`, a list of (prompt, response) pairs.
+        """
         n = len(prompts)
-        tau_prompts = tau_prompts or [None] * n
-        tau_responses = tau_responses or [None] * n
+        if taus is None:
+            taus = [[(p, r)] if p is not None else [] for p, r in zip(tau_prompts or [None] * n,
+                                                                        tau_responses or [None] * n)]
         results: list[torch.Tensor] = []
         for begin in range(0, n, batch_size):
             encoded = [self.encode(*args) for args in zip(prompts[begin:begin + batch_size],
                                                           responses[begin:begin + batch_size],
-                                                          tau_prompts[begin:begin + batch_size],
-                                                          tau_responses[begin:begin + batch_size])]
+                                                          taus[begin:begin + batch_size])]
             ids = pad_sequences([e[0] for e in encoded], self.tokenizer.pad_token_id).to(self.device)
             attention = pad_sequences([[1] * len(e[0]) for e in encoded], 0).to(self.device)
             starts = torch.tensor([e[1] for e in encoded], device=self.device)

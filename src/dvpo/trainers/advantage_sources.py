@@ -12,19 +12,23 @@ advantages for the PPO-clip update; PPO also trains its critic in the same step.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
 
-from dvpo.algos.advantages import (broadcast_sequence_advantage, dvpo_difference_advantages, dvpo_value_advantages,
-                                   group_normalized_advantages, remax_advantages)
+from dvpo.algos.advantages import (broadcast_sequence_advantage, dvpo_critic_advantages, dvpo_difference_advantages,
+                                   dvpo_value_advantages, group_normalized_advantages, remax_advantages)
 from dvpo.algos.ppo import clipped_value_loss, gae, per_token_rewards
 from dvpo.data.collate import pad_sequences
-from dvpo.data.tau import conditioned_prompt
+from dvpo.data.tau import conditioned_on
 from dvpo.data.tokenize import encode_prompt
 from dvpo.rollout.experience import Sequences, build_sequences, critic_values, unpadded_rows
 from dvpo.rollout.sampling import sample
 from dvpo.distributed import BatchStats
+from dvpo.errors import ModelError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,56 +56,82 @@ class Experience:
         return Experience(self.advantages[index], {}, pick(self.old_values), pick(self.returns))
 
 
-def tau_partner(prompts: list) -> list[int]:
-    """For each sample, another sample of the batch on a different prompt (the next such one)."""
+def tau_partner(prompts: list, pairs: int = 1) -> list[list[int]]:
+    """For each sample, the next `pairs` samples of the batch on other prompts (fewer if the batch lacks them)."""
     n = len(prompts)
     partners = []
     for i in range(n):
-        j = next((k % n for k in range(i + 1, i + n) if repr(prompts[k % n]) != repr(prompts[i])), None)
-        if j is None:
+        others = [k % n for k in range(i + 1, i + n) if repr(prompts[k % n]) != repr(prompts[i])]
+        if not others:
             raise ValueError("DVPO needs at least two distinct prompts per rollout batch to draw tau")
-        partners.append(j)
+        partners.append(others[:pairs])
     return partners
 
 
 @torch.no_grad()
-def reward_scores(reward_model, rows: list[tuple[list[int], list[int]]]) -> torch.Tensor:
-    """The reward model's score of each (prompt ids, response ids) row, as a float tensor on the CPU."""
+def reward_scores(reward_model, rows: list[tuple[list[int], list[int]]], normalize: bool = True) -> torch.Tensor:
+    """The reward model's score of each (prompt ids, response ids) row, as a float tensor on the CPU;
+    with `normalize`, standardised by the scores' statistics on its training responses (as the GVM's values
+    are by theirs), so the KL coefficient weighs every algorithm's signal on one scale."""
     ids = [p + r for p, r in rows]
     device = reward_model.device
     scores = reward_model.score_ids(pad_sequences(ids, reward_model.tokenizer.pad_token_id).to(device),
                                     pad_sequences([[1] * len(x) for x in ids], 0).to(device))
+    scores = reward_model.normalize(scores) if normalize else scores
     return scores.float().cpu()
 
 
 class DvpoSource:
-    """Advantages from a frozen global value model; nothing is trained here."""
+    """Advantages from a frozen global value model; nothing is trained here.
+
+    `advantage`: "value" is the paper's normalised token value; "difference" subtracts the previous
+    slot's value; "gae" uses the GVM as a frozen critic (its last value is the reward, GAE over its
+    values, whitened like PPO's), see `dvpo_critic_advantages`.
+    """
 
     trainable: list = []
     samples_per_prompt = 1
 
-    def __init__(self, gvm, advantage: str, normalization: str, gamma: float, kl_in_reward: bool):
+    def __init__(self, gvm, advantage: str, normalization: str, gamma: float, lam: float, kl_in_reward: bool):
         self.gvm, self.advantage, self.normalization = gvm, advantage, normalization
-        self.gamma, self.kl_in_reward = gamma, kl_in_reward
+        self.gamma, self.lam, self.kl_in_reward = gamma, lam, kl_in_reward
+        self.whiten_default = advantage == "gae"
 
     def _gvm_inputs(self, rollout: Rollout):
-        """[tau; prompt; response] per row; tau is the response to another prompt of the global batch."""
+        """[tau; prompt; response] per row; tau is the response to another prompt of the global batch.
+
+        Cut to the GVM's max_length as in GVM training (`truncate`): the conditioned prompt from
+        the left (tau first), always keeping its last token (the slot of V(s_1)); a response
+        longer than max_length - 1 is cut from the right, so `lengths` is the kept response
+        tokens + 1 and the cut-off tokens get no value slot (and no advantage).
+        """
+        max_length = self.gvm.meta.max_length
+        if max_length < 2:
+            raise ModelError(f"the GVM's max_length is {max_length}; it needs >= 2 (the last prompt token and at "
+                             "least one response token)")
         rows = unpadded_rows(rollout.seq)
         everyone = rollout.all_prompts
-        partners = (tau_partner(everyone)[rollout.offset:rollout.offset + len(rows)] if self.gvm.meta.tau
-                    else [None] * len(rows))
+        partners = (tau_partner(everyone, self.gvm.meta.tau_pairs)[rollout.offset:rollout.offset + len(rows)]
+                    if self.gvm.meta.tau else [[]] * len(rows))
         ids, starts, lengths = [], [], []
+        cut = 0
         for i, (_, response) in enumerate(rows):
-            j, prompt = partners[i], rollout.prompts[i]
-            conditioned = (conditioned_prompt(prompt, everyone[j], rollout.all_texts[j]) if j is not None
-                           else prompt)
-            prompt_ids = encode_prompt(self.gvm.tokenizer, conditioned)
-            overflow = len(prompt_ids) + len(response) - self.gvm.meta.max_length
-            if overflow > 0:  # cut tau first, from the left, as in GVM training
-                prompt_ids = prompt_ids[overflow:]
-            ids.append(prompt_ids + response)
+            pairs = [(everyone[j], rollout.all_texts[j]) for j in partners[i]]
+            prompt_ids = encode_prompt(self.gvm.tokenizer, conditioned_on(rollout.prompts[i], pairs))
+            if not prompt_ids:
+                raise ModelError("the GVM's tokenizer encodes the prompt to no token, so there is no slot for V(s_1)")
+            kept = response[: max_length - 1]  # room for at least the last prompt token
+            cut += len(kept) < len(response)
+            room = max_length - len(kept)      # >= 1
+            if len(prompt_ids) > room:  # cut tau first, from the left, as in GVM training
+                prompt_ids = prompt_ids[-room:]
+            ids.append(prompt_ids + kept)
             starts.append(len(prompt_ids) - 1)
-            lengths.append(len(response) + 1)
+            lengths.append(len(kept) + 1)
+        if cut:
+            logger.warning("GVM inputs: %d of %d responses longer than the GVM's max_length %d minus the prompt's "
+                           "last token cut on the right; their cut-off tokens get no advantage", cut, len(rows),
+                           max_length)
         device = self.gvm.device
         return (pad_sequences(ids, self.gvm.tokenizer.pad_token_id).to(device),
                 pad_sequences([[1] * len(x) for x in ids], 0).to(device),
@@ -109,26 +139,30 @@ class DvpoSource:
 
     @torch.no_grad()
     def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience:
-        values, _ = self.gvm.slot_values(*self._gvm_inputs(rollout), normalized=False)
+        values, slots = self.gvm.slot_values(*self._gvm_inputs(rollout), normalized=False)
         mask = rollout.seq.response_mask
         width = mask.shape[1]
         q = torch.zeros_like(mask)
+        valued = torch.zeros_like(mask)  # response tokens that have a value slot (all but cut-off ones)
         q[:, : values.shape[1] - 1] = values[:, 1: width + 1].to(mask.device)
-        q = q * mask
+        valued[:, : values.shape[1] - 1] = slots[:, 1: width + 1].to(mask.device)
+        valued = valued * mask
+        q = q * valued
         v_first = values[:, 0].to(mask.device)
         if self.normalization == "stored":
             mean, std = self.gvm.meta.value_mean, self.gvm.meta.value_std
         else:  # the rollout batch's own statistics over its response tokens (of every process)
-            mean, var, _ = rollout.stats.masked_moments(q, mask)
+            mean, var, _ = rollout.stats.masked_moments(q, valued)
             std = var.sqrt()
-        q_norm = dvpo_value_advantages(q, mask, mode="stored", mean=mean, std=std)
+        q_norm = dvpo_value_advantages(q, valued, mode="stored", mean=mean, std=std)
         v_first = (v_first - mean) / (std + 1e-8)
-        if self.advantage == "difference":
-            advantages = dvpo_difference_advantages(q_norm, mask, self.gamma, v_first=v_first)
+        penalty = kl_coef * kl if self.kl_in_reward else torch.zeros_like(kl)
+        if self.advantage == "gae":
+            advantages, _ = dvpo_critic_advantages(q_norm, v_first, valued, penalty, self.gamma, self.lam)
+        elif self.advantage == "difference":
+            advantages = dvpo_difference_advantages(q_norm, valued, self.gamma, v_first=v_first) - penalty * valued
         else:
-            advantages = q_norm
-        if self.kl_in_reward:
-            advantages = advantages - kl_coef * kl * mask
+            advantages = q_norm - penalty * valued
         batch_mean = lambda x: rollout.stats.masked_moments(x, mask)[0].item()  # noqa: E731 (token mean, all processes)
         return Experience(advantages, {"value_mean": batch_mean(q), "advantage_mean": batch_mean(advantages)})
 
@@ -140,9 +174,11 @@ class PpoSource:
     """Reward model on the last token, per-token KL penalty, GAE over a critic trained in the same step."""
 
     samples_per_prompt = 1
+    whiten_default = True
 
-    def __init__(self, reward_model, critic, gamma: float, lam: float, value_clip: float, kl_in_reward: bool):
-        self.reward_model = reward_model
+    def __init__(self, reward_model, critic, gamma: float, lam: float, value_clip: float, kl_in_reward: bool,
+                 normalize: bool = True):
+        self.reward_model, self.normalize = reward_model, normalize
         self.use_critic(critic)
         self.gamma, self.lam, self.value_clip = gamma, lam, value_clip
         self.kl_in_reward = kl_in_reward
@@ -155,7 +191,7 @@ class PpoSource:
     def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience:
         seq = rollout.seq
         mask = seq.response_mask
-        scores = reward_scores(self.reward_model, unpadded_rows(seq)).to(mask.device)
+        scores = reward_scores(self.reward_model, unpadded_rows(seq), self.normalize).to(mask.device)
         values = critic_values(self.critic, seq)
         rewards = per_token_rewards(scores, kl, mask, kl_coef if self.kl_in_reward else 0.0)
         advantages, returns = gae(values, rewards, mask, self.gamma, self.lam)
@@ -174,9 +210,10 @@ class RemaxSource:
 
     trainable: list = []
     samples_per_prompt = 1
+    whiten_default = False
 
-    def __init__(self, reward_model, policy, tokenizer, max_new_tokens: int, kl_in_reward: bool):
-        self.reward_model, self.policy, self.tokenizer = reward_model, policy, tokenizer
+    def __init__(self, reward_model, policy, tokenizer, max_new_tokens: int, kl_in_reward: bool, normalize: bool = True):
+        self.reward_model, self.policy, self.tokenizer, self.normalize = reward_model, policy, tokenizer, normalize
         self.max_new_tokens, self.kl_in_reward = max_new_tokens, kl_in_reward
 
     @torch.no_grad()
@@ -187,8 +224,8 @@ class RemaxSource:
                         self.max_new_tokens, temperature=0)
         greedy_rows = unpadded_rows(build_sequences(greedy))
         mask = seq.response_mask
-        scores = reward_scores(self.reward_model, rows).to(mask.device)
-        greedy_scores = reward_scores(self.reward_model, greedy_rows).to(mask.device)
+        scores = reward_scores(self.reward_model, rows, self.normalize).to(mask.device)
+        greedy_scores = reward_scores(self.reward_model, greedy_rows, self.normalize).to(mask.device)
         advantages = broadcast_sequence_advantage(remax_advantages(scores, greedy_scores), mask)
         if self.kl_in_reward:
             advantages = advantages - kl_coef * kl * mask
@@ -203,15 +240,16 @@ class GrpoSource:
     """Group-normalised rewards of G samples per prompt; the KL enters as a loss term, not here."""
 
     trainable: list = []
+    whiten_default = False
 
-    def __init__(self, reward_model, group_size: int):
-        self.reward_model, self.samples_per_prompt = reward_model, group_size
+    def __init__(self, reward_model, group_size: int, normalize: bool = True):
+        self.reward_model, self.samples_per_prompt, self.normalize = reward_model, group_size, normalize
 
     @torch.no_grad()
     def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience:
         seq = rollout.seq
         mask = seq.response_mask
-        scores = reward_scores(self.reward_model, unpadded_rows(seq)).to(mask.device)
+        scores = reward_scores(self.reward_model, unpadded_rows(seq), self.normalize).to(mask.device)
         advantages = group_normalized_advantages(scores, self.samples_per_prompt)
         return Experience(broadcast_sequence_advantage(advantages, mask), {"reward_mean": scores.mean().item()})
 

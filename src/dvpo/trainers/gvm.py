@@ -3,44 +3,49 @@
 Each rated row becomes `[tau; prompt; response]` (see `dvpo.data.tau`), its score a reward on
 the last token. The loss is the squared TD error over the value slots — V(s_1) at the last
 prompt token, then Q(tau, s_t, a_t) at each response token — against a stop-gradient
-lambda-return target, with the paper's batch normalisation of the predicted values.
+lambda-return target, with the paper's batch normalisation (`dvpo.algos.td.gvm_td_loss`).
+tau is drawn afresh for every pass over the data, as the paper samples it. A validation split of
+the training prompts picks the checkpoint (pairwise accuracy, as for the reward model).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import Trainer
 
-from dvpo.algos.masked import masked_mean
-from dvpo.algos.td import (last_token_rewards, moments_std, normalize_scores, prompt_relative_scores,
-                           score_normalizer, td_lambda_targets, update_moments, value_normalization)
+from dvpo.algos.td import (gvm_td_loss, last_token_rewards, moments_std, normalize_scores, prompt_relative_scores,
+                           score_normalizer, update_moments)
 from dvpo.configs import GvmConfig
 from dvpo.data.collate import pad_sequences
 from dvpo.data.formats import load_rows
-from dvpo.data.tau import conditioned_prompt, sample_tau_indices
+from dvpo.data.splits import split_by_prompt
+from dvpo.data.tau import conditioned_on, sample_tau_sets
 from dvpo.data.tokenize import ensure_pad_token, tokenize_rows
+from dvpo.eval.gvm_accuracy import aggregate, pairwise_accuracy, token_values
 from dvpo.models.loading import load_tokenizer, model_reference
-from dvpo.models.value_model import MODEL_SUBDIR, GvmMeta, build_value_model, gather_values, value_positions
+from dvpo.models.value_model import (MODEL_SUBDIR, GlobalValueModel, GvmMeta, build_value_model, gather_values,
+                                     value_positions)
 from dvpo.trainers.common import RowRecorder, maybe_lora, training_arguments
 from dvpo.trainers.interrupts import StopOnSignal, raise_if_stopped
 from dvpo.trainers.metrics import MetricsFileCallback
 from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
+from dvpo.trainers.selection import PairwiseSelection, selection_arguments
 
 logger = logging.getLogger(__name__)
 
 
-def gvm_features(rows: list[dict], tokenizer, max_length: int, use_tau: bool, seed: int,
+def gvm_features(rows: list[dict], tokenizer, max_length: int, tau_pairs: int, seed: int,
                  source: str = "") -> list[dict]:
-    """Tokenised [tau; prompt; response] rows with their value slots and raw score."""
+    """Tokenised [tau; prompt; response] rows with their value slots and raw score (tau_pairs 0: no tau)."""
     prompts = [r["prompt"] for r in rows]
-    taus = sample_tau_indices(prompts, [r.get("policy") for r in rows], seed) if use_tau else [None] * len(rows)
-    joined = [{"prompt": conditioned_prompt(r["prompt"], *((rows[j]["prompt"], rows[j]["completion"])
-                                                          if j is not None else (None, None))),
-               "completion": r["completion"], "score": r["score"]} for r, j in zip(rows, taus)]
+    taus = (sample_tau_sets(prompts, [r.get("policy") for r in rows], seed, tau_pairs) if tau_pairs
+            else [[]] * len(rows))
+    joined = [{"prompt": conditioned_on(r["prompt"], [(rows[j]["prompt"], rows[j]["completion"]) for j in picks]),
+               "completion": r["completion"], "score": r["score"]} for r, picks in zip(rows, taus)]
     features, _ = tokenize_rows(joined, tokenizer, max_length, source=source)
     for feature in features:
         feature["value_start"], feature["value_length"] = value_positions(feature.pop("response_mask"))
@@ -64,27 +69,33 @@ class GvmCollator:
         }
 
 
-def td_loss(logits: torch.Tensor, batch: dict, gamma: float, td_lambda: float, batch_norm: bool) -> torch.Tensor:
-    """Mean squared TD error over the value slots; the target is stop-gradient."""
+def td_loss(logits: torch.Tensor, batch: dict, gamma: float, td_lambda: float, normalization: str) -> torch.Tensor:
+    """The TD loss of one collated batch (see `gvm_td_loss`)."""
     values, mask = gather_values(logits, batch["value_start"], batch["value_length"])
-    if batch_norm:
-        values, _, _ = value_normalization(values, mask)
     rewards = last_token_rewards(batch["score"].to(values.dtype), mask)
-    targets = td_lambda_targets(values, rewards, mask, gamma, td_lambda)
-    return masked_mean((values - targets) ** 2, mask)
+    return gvm_td_loss(values, rewards, mask, gamma, td_lambda, normalization)
 
 
-class GvmTrainer(Trainer):
-    """transformers.Trainer with the TD objective in place of a supervised loss."""
+class GvmTrainer(PairwiseSelection):
+    """transformers.Trainer with the TD objective, selected by pairwise accuracy on validation rows."""
 
-    def __init__(self, *args, gamma: float, td_lambda: float, batch_norm: bool, **kwargs):
+    def __init__(self, *args, gamma: float, td_lambda: float, normalization: str, validation: list[dict],
+                 meta: GvmMeta, tokenizer, seed: int, **kwargs):
         super().__init__(*args, **kwargs)
-        self.gamma, self.td_lambda, self.batch_norm = gamma, td_lambda, batch_norm
+        self.gamma, self.td_lambda, self.normalization = gamma, td_lambda, normalization
+        self.validation, self.meta, self.value_tokenizer, self.seed = validation, meta, tokenizer, seed
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-        loss = td_loss(logits.squeeze(-1).float(), inputs, self.gamma, self.td_lambda, self.batch_norm)
+        loss = td_loss(logits.squeeze(-1).float(), inputs, self.gamma, self.td_lambda, self.normalization)
         return (loss, logits) if return_outputs else loss
+
+    def validation_accuracy(self) -> float:
+        gvm = GlobalValueModel(self.model, self.value_tokenizer, self.meta, freeze=False)
+        values = token_values(gvm, self.validation, self.seed)
+        result = pairwise_accuracy([r["prompt"] for r in self.validation], [r["score"] for r in self.validation],
+                                   [aggregate(v) for v in values])
+        return result["accuracy"]["mean"]
 
 
 @torch.no_grad()
@@ -101,45 +112,63 @@ def value_statistics(model, features: list[dict], collator: GvmCollator, batch_s
     return mean, moments_std(count, m2)
 
 
+def normalized_scores(cfg: GvmConfig, rows: list[dict]) -> tuple[list[float], float, float]:
+    """The rows' scores as the GVM learns them, and the (mean, std) that map them back."""
+    raw = [r["score"] for r in rows]
+    if cfg.score_normalization == "prompt":
+        normalized, std = prompt_relative_scores(raw, [repr(r["prompt"]) for r in rows])
+        return normalized.tolist(), 0.0, std
+    mean, std = score_normalizer(raw) if cfg.score_normalization == "zscore" else (0.0, 1.0)
+    return normalize_scores(raw, mean, std).tolist(), mean, std
+
+
 def run_gvm(cfg: GvmConfig) -> Path:
     folder, resume_from = start_run(cfg)
     tokenizer = load_tokenizer(cfg.model)
     ensure_pad_token(tokenizer)
-    rows = load_rows(cfg.data, "rated", split=cfg.split)
-    features = gvm_features(rows, tokenizer, cfg.max_length, cfg.tau == "policy", cfg.seed, source=cfg.data)
-    raw_scores = [f["score"] for f in features]
-    if cfg.score_normalization == "prompt":
-        normalized, score_std = prompt_relative_scores(raw_scores, [repr(r["prompt"]) for r in rows])
-        score_mean = 0.0
-    else:
-        score_mean, score_std = score_normalizer(raw_scores) if cfg.score_normalization == "zscore" else (0.0, 1.0)
-        normalized = normalize_scores(raw_scores, score_mean, score_std)
-    scores = normalized.tolist()
-    for feature, score in zip(features, scores):
-        feature["score"] = score
+    rows, validation = split_by_prompt(load_rows(cfg.data, "rated", split=cfg.split), cfg.validation_fraction,
+                                       cfg.seed, source=cfg.data)
+    tau_pairs = cfg.tau_pairs if cfg.tau == "policy" else 0
+    scores, score_mean, score_std = normalized_scores(cfg, rows)
+    # one draw of tau per pass over the data (the paper samples tau); the Trainer runs once over all draws
+    draws = max(1, math.ceil(cfg.epochs)) if tau_pairs else 1
+    features = []
+    for draw in range(draws):
+        drawn = gvm_features(rows, tokenizer, cfg.max_length, tau_pairs, cfg.seed + draw,
+                             source=cfg.data if draw == 0 else "")
+        features += [{**f, "score": s, "row": i} for i, (f, s) in enumerate(zip(drawn, scores))]
+    meta = GvmMeta(base_model=model_reference(cfg.model), lora=cfg.lora_r > 0, tau=bool(tau_pairs),
+                   tau_pairs=max(tau_pairs, 1), gamma=cfg.gamma, td_lambda=cfg.td_lambda,
+                   value_normalization=cfg.value_normalization, score_mean=score_mean, score_std=score_std,
+                   max_length=cfg.max_length)
     collator = GvmCollator(tokenizer.pad_token_id)
     recorder = RowRecorder(folder, collator)
     model = maybe_lora(build_value_model(cfg.model, cfg.dtype), cfg, task_type="TOKEN_CLS")
     trainer = GvmTrainer(
         model=model,
-        args=training_arguments(cfg, folder, scheduler="cosine"),
-        train_dataset=Dataset.from_list([{**f, "row": i} for i, f in enumerate(features)]),
+        args=training_arguments(cfg, folder, scheduler="cosine", num_train_epochs=cfg.epochs / draws,
+                                **selection_arguments(cfg, bool(validation))),
+        train_dataset=Dataset.from_list(features),
+        eval_dataset=validation or None,
         data_collator=recorder,
-        callbacks=[StopOnSignal(), MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm")), recorder],
-        gamma=cfg.gamma, td_lambda=cfg.td_lambda, batch_norm=cfg.value_normalization == "batch",
+        callbacks=[StopOnSignal(), MetricsFileCallback(folder, plot_keys=("loss", "eval_accuracy", "learning_rate",
+                                                                         "grad_norm")), recorder],
+        gamma=cfg.gamma, td_lambda=cfg.td_lambda, normalization=cfg.value_normalization, validation=validation,
+        meta=meta, tokenizer=tokenizer, seed=cfg.seed,
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
     raise_if_stopped(trainer.state, folder / CHECKPOINTS)
     if trainer.is_world_process_zero():
-        stats_rows = features[:: max(1, len(features) // cfg.stats_rows)][: cfg.stats_rows]
-        value_mean, value_std = value_statistics(trainer.model, stats_rows, collator)
+        first_draw = features[: len(rows)]
+        stats_rows = first_draw[:: max(1, len(first_draw) // cfg.stats_rows)][: cfg.stats_rows]
+        meta.value_mean, meta.value_std = value_statistics(trainer.model, stats_rows, collator)
         model_dir = folder / MODEL_SUBDIR
         trainer.model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
-        GvmMeta(base_model=model_reference(cfg.model),
-                lora=cfg.lora_r > 0, tau=cfg.tau == "policy", gamma=cfg.gamma, td_lambda=cfg.td_lambda,
-                value_normalization=cfg.value_normalization, value_mean=value_mean, value_std=value_std,
-                score_mean=score_mean, score_std=score_std, max_length=cfg.max_length).save(folder)
-        mark_complete(folder, stage="gvm", rows=len(rows), train_loss=result.training_loss,
-                      steps=result.global_step, value_mean=value_mean, value_std=value_std)
+        meta.save(folder)
+        selected = {"validation_accuracy": trainer.state.best_metric,
+                    "selected_checkpoint": trainer.state.best_model_checkpoint} if validation else {}
+        mark_complete(folder, stage="gvm", rows=len(rows), validation_rows=len(validation),
+                      train_loss=result.training_loss, steps=result.global_step, value_mean=meta.value_mean,
+                      value_std=meta.value_std, **selected)
     return folder

@@ -41,6 +41,7 @@ from dvpo.distributed import BatchStats, deepspeed_requested, make_accelerator, 
 from dvpo.trainers.common import write_process_record
 from dvpo.trainers.metrics import peak_memory_bytes
 from dvpo.trainers.rl_state import RlCheckpointer
+from dvpo.trainers.runaway import PolicyRunaway, RunawayGuard
 from dvpo.trainers.interrupts import STOP, NonFiniteLoss, RunInterrupted
 from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
 
@@ -94,20 +95,22 @@ def build_source(cfg: RlConfig, device, policy, reference, tokenizer):
         if share:
             logger.info("the GVM (a LoRA adapter on %s) and the reference share one frozen backbone", cfg.policy)
             reference = AdapterOff(reference, adapters=gvm.model)
-        return DvpoSource(gvm, cfg.dvpo_advantage, cfg.dvpo_normalization, cfg.gamma, kl_in_reward), reference
+        return DvpoSource(gvm, cfg.dvpo_advantage, cfg.dvpo_normalization, cfg.gamma, cfg.gae_lambda,
+                          kl_in_reward), reference
     if not cfg.reward_model:
         raise ConfigError(f"--algo {cfg.algo} needs --reward-model (a folder written by `dvpo rm`)")
     from dvpo.models.reward_model import load_reward_model
     from dvpo.models.value_model import build_value_model
 
     reward_model = load_reward_model(cfg.reward_model, device=device, dtype=cfg.dtype)
+    normalize = cfg.reward_normalization == "stored"
     if cfg.algo == "grpo":
-        return GrpoSource(reward_model, cfg.group_size), reference
+        return GrpoSource(reward_model, cfg.group_size, normalize), reference
     if cfg.algo == "remax":
-        return RemaxSource(reward_model, policy, tokenizer, cfg.max_new_tokens, kl_in_reward), reference
+        return RemaxSource(reward_model, policy, tokenizer, cfg.max_new_tokens, kl_in_reward, normalize), reference
     critic_init = cfg.critic_init or _default_critic_init(cfg)
     critic = build_value_model(critic_init, cfg.dtype, fsdp=cfg.fsdp).to(device)
-    return PpoSource(reward_model, critic, cfg.gamma, cfg.gae_lambda, cfg.value_clip, kl_in_reward), reference
+    return PpoSource(reward_model, critic, cfg.gamma, cfg.gae_lambda, cfg.value_clip, kl_in_reward, normalize), reference
 
 
 def _default_critic_init(cfg: RlConfig) -> str:
@@ -219,6 +222,8 @@ def run_rl(cfg: RlConfig) -> Path:
     metrics_path = folder / "metrics.jsonl"
     if main_process:
         truncate_metrics(metrics_path, start_step)
+    accelerator.wait_for_everyone()
+    guard = RunawayGuard.resumed(cfg.max_kl, cfg.max_length_ratio, metrics_path)
 
     progress = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=f"rl {cfg.algo}",
                     disable=not main_process)
@@ -227,9 +232,16 @@ def run_rl(cfg: RlConfig) -> Path:
         if evaluator and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps):
             record.update(evaluator.evaluate(accelerator.unwrap_model(policy), tokenizer, cfg, accelerator.device,
                                              loop.stats, noise_seed=step_seed(cfg.seed, step, 2)))
+        runaway = None
+        try:
+            guard.check(record, str(checkpointer.root))
+        except PolicyRunaway as error:
+            runaway = error
         if main_process:
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+        if runaway:
+            raise runaway
         if trackers:
             accelerator.log(record, step=step + 1)
         progress.set_postfix({k: round(record[k], 3) for k in ("score", "kl", "eval_score") if k in record})
@@ -263,7 +275,7 @@ def run_rl(cfg: RlConfig) -> Path:
     if main_process:
         tokenizer.save_pretrained(folder)
         plot_metrics(metrics_path, ("score", "eval_score", "reward_mean", "kl", "kl_coef", "entropy",
-                                    "response_length", "clip_frac"), folder / "metrics.png")
+                                    "response_length", "length_ratio", "clip_frac"), folder / "metrics.png")
     if trackers:
         accelerator.end_training()
     if main_process:
@@ -337,7 +349,7 @@ class RlLoop:
         ref_logp = frozen_logprobs(self.reference, seq, cfg.temperature, self.local_mini)
         kl = kl_k1(old_logp, ref_logp) * mask
         experience = self.source.experience(rollout, kl, self.controller.value)
-        if cfg.whiten_advantages == "on" or (cfg.whiten_advantages == "auto" and cfg.algo == "ppo"):
+        if cfg.whiten_advantages == "on" or (cfg.whiten_advantages == "auto" and self.source.whiten_default):
             experience.advantages = self.stats.masked_whiten(experience.advantages, mask)
         timings["time_forward"] = time.perf_counter() - started
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import Trainer
 
 from dvpo.algos.pairwise import bradley_terry_loss
 from dvpo.configs import RmConfig
 from dvpo.data.collate import pad_sequences
 from dvpo.data.formats import DataError
+from dvpo.data.splits import split_by_prompt
 from dvpo.data.tokenize import TruncationStats, ensure_pad_token
 from dvpo.eval.rm_accuracy import (load_pair_rows, pairwise_pairs, response_key, rm_accuracy, row_kind,
                                    unique_responses)
@@ -29,6 +29,7 @@ from dvpo.trainers.common import RowRecorder, maybe_lora, training_arguments
 from dvpo.trainers.interrupts import StopOnSignal, raise_if_stopped
 from dvpo.trainers.metrics import MetricsFileCallback
 from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
+from dvpo.trainers.selection import PairwiseSelection, selection_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,17 @@ class PairCollator:
         }
 
 
-class RmTrainer(Trainer):
-    """transformers.Trainer with the Bradley-Terry loss on the stacked chosen/rejected halves."""
+class RmTrainer(PairwiseSelection):
+    """transformers.Trainer with the Bradley-Terry loss on the stacked chosen/rejected halves, selected by
+    pairwise accuracy on validation rows (every pair with different scores, as `--eval-data` counts)."""
+
+    def __init__(self, *args, validation: list[dict], meta: RmMeta, tokenizer, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.validation, self.meta, self.score_tokenizer = validation, meta, tokenizer
+
+    def validation_accuracy(self) -> float:
+        rm = RewardModel(self.model, self.score_tokenizer, self.meta, freeze=False)
+        return rm_accuracy(rm, self.validation, mode="all")["accuracy"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
@@ -79,38 +89,40 @@ def score_statistics(rm: RewardModel, triples: list[tuple]) -> tuple[float, floa
     return float(scores.mean()), float(scores.std(unbiased=False))
 
 
-def load_pairs(source: str, split: str, mode: str):
-    """Rows and their pairs, with the counts logged; no pairs at all is an error."""
-    rows = load_pair_rows(source, split)
+def load_pairs(source: str, split: str, mode: str, validation_fraction: float = 0.0, seed: int = 0):
+    """Training rows, their pairs and the validation rows, with the counts logged; no pairs at all is an error."""
+    rows, validation = split_by_prompt(load_pair_rows(source, split), validation_fraction, seed, source=source)
     pairs = pairwise_pairs(rows, mode)
     kind = row_kind(rows)
     logger.info("%s: %d %s rows -> %s%s", source, len(rows), kind, pairs.describe(),
                 f" (--pairs {mode})" if kind == "rated" else "")
     if not pairs.triples:
         raise DataError(source, None, None, "no pairs: every prompt's responses have equal scores or stand alone")
-    return rows, pairs
+    return rows, pairs, validation
 
 
 def run_rm(cfg: RmConfig) -> Path:
     folder, resume_from = start_run(cfg)
     tokenizer = ensure_pad_token(load_tokenizer(cfg.model))
-    rows, pairs = load_pairs(cfg.data, cfg.split, cfg.pairs)
+    rows, pairs, validation = load_pairs(cfg.data, cfg.split, cfg.pairs, cfg.validation_fraction, cfg.seed)
     eval_rows = load_pair_rows(cfg.eval_data, cfg.split) if cfg.eval_data else None  # bad eval data fails now
     features = pair_features(pairs.triples, tokenizer, cfg.max_length, source=cfg.data)
     model = maybe_lora(build_reward_model(cfg.model, cfg.dtype), cfg, task_type="SEQ_CLS")
     recorder = RowRecorder(folder, PairCollator(tokenizer.pad_token_id))
+    meta = RmMeta(base_model=model_reference(cfg.model), lora=cfg.lora_r > 0, max_length=cfg.max_length)
     trainer = RmTrainer(
         model=model,
-        args=training_arguments(cfg, folder, scheduler="linear"),
+        args=training_arguments(cfg, folder, scheduler="linear", **selection_arguments(cfg, bool(validation))),
         train_dataset=Dataset.from_list([{**f, "row": i} for i, f in enumerate(features)]),
+        eval_dataset=validation or None,
         data_collator=recorder,
-        callbacks=[StopOnSignal(), MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm")), recorder],
+        callbacks=[StopOnSignal(), MetricsFileCallback(folder, plot_keys=("loss", "eval_accuracy", "learning_rate",
+                                                                         "grad_norm")), recorder],
+        validation=validation, meta=meta, tokenizer=tokenizer,
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
     raise_if_stopped(trainer.state, folder / CHECKPOINTS)
     if trainer.is_world_process_zero():
-        meta = RmMeta(base_model=model_reference(cfg.model),
-                      lora=cfg.lora_r > 0, max_length=cfg.max_length)
         rm = RewardModel(trainer.model, tokenizer, meta)
         meta.score_mean, meta.score_std = score_statistics(rm, pairs.triples)
         held_out = {}
@@ -119,6 +131,9 @@ def run_rm(cfg: RmConfig) -> Path:
             logger.info("held-out pairwise accuracy on %s: %.1f%% of %d pairs", cfg.eval_data,
                         100 * accuracy["accuracy"], accuracy["pairs"])
             held_out = {"eval_pairs": accuracy["pairs"], "eval_accuracy": accuracy["accuracy"]}
+        if validation:
+            held_out.update(validation_rows=len(validation), validation_accuracy=trainer.state.best_metric,
+                            selected_checkpoint=trainer.state.best_model_checkpoint)
         model_dir = folder / MODEL_SUBDIR
         trainer.model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)

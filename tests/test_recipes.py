@@ -1,0 +1,53 @@
+"""The small-model recipes: YAML files that `dvpo <stage> --config` reads and the lab pipeline uses."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dvpo.cli import main
+from dvpo.configs import DpoConfig, GenerateConfig, GvmConfig, RlConfig, RmConfig, SftConfig
+from dvpo.pipeline import FULL, QUICK, RECIPES, dpo_config, gvm_config, recipe, rl_config, rm_config, sft_config
+
+REPO_RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "small"
+STAGES = {"sft": SftConfig, "gvm": GvmConfig, "rm": RmConfig, "rl": RlConfig, "dpo": DpoConfig,
+          "generate": GenerateConfig}
+
+
+def test_the_repository_path_is_the_packaged_recipes():
+    assert sorted(p.name for p in REPO_RECIPES.glob("*.yaml")) == sorted(f"{s}.yaml" for s in STAGES)
+    for stage in STAGES:
+        assert (REPO_RECIPES / f"{stage}.yaml").read_text() == (RECIPES / f"{stage}.yaml").read_text()
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_recipe_option_is_a_real_option_of_its_stage(stage):
+    names = {f.name for f in dataclasses.fields(STAGES[stage])}
+    assert set(recipe(stage)) <= names
+
+
+def test_the_pipeline_trains_every_stage_with_its_recipe(tmp_path):
+    paths = (tmp_path / "m", tmp_path / "d", tmp_path / "o", FULL, 3)
+    built = {"sft": sft_config(*paths), "gvm": gvm_config(*paths), "rm": rm_config(*paths),
+             "rl": rl_config("dvpo", *paths, gvm="g"), "dpo": dpo_config(*paths)}
+    for stage, config in built.items():
+        for key, value in recipe(stage).items():
+            if stage == "rl" and key == "eval_every":
+                continue  # evaluated six times a run, whatever the steps
+            assert getattr(config, key) == pytest.approx(value), (stage, key)
+        assert config.seed == 3
+    assert rl_config("ppo", *paths[:3], QUICK, 0, reward_model="r").steps == 40  # the quick budget's change
+
+
+def test_a_stage_runs_from_its_recipe_with_command_line_options_winning(tiny_model, lab_data, tmp_path):
+    out = tmp_path / "gvm"
+    main(["gvm", "--config", str(REPO_RECIPES / "gvm.yaml"), "--model", str(tiny_model),
+          "--data", str(lab_data["rated"]), "--out", str(out), "--max-steps", "2", "--batch-size", "8"])
+    saved = yaml.safe_load((out / "dvpo_config.yaml").read_text())
+    assert saved["batch_size"] == 8 and saved["max_steps"] == 2  # the command line wins
+    assert saved["learning_rate"] == recipe("gvm")["learning_rate"] and saved["tau"] == recipe("gvm")["tau"]
+    assert json.loads((out / "dvpo_complete.json").read_text())["stage"] == "gvm"

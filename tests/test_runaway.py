@@ -1,0 +1,52 @@
+"""The runaway guard: response length against the starting policy's, KL to the reference, warnings and stops."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from dvpo.trainers.runaway import PolicyRunaway, RunawayGuard
+
+
+def _record(step, length, kl):
+    return {"step": step, "response_length": length, "kl": kl}
+
+
+def test_length_ratio_is_against_the_first_step_and_warns_once(caplog):
+    guard = RunawayGuard(max_kl=100, max_length_ratio=3.0)
+    first = _record(1, 10.0, 0.0)
+    guard.check(first, "ckpt")
+    assert first["length_ratio"] == 1.0
+    with caplog.at_level(logging.WARNING):
+        for step, length in [(2, 16.0), (3, 17.0)]:
+            record = _record(step, length, 1.0)
+            guard.check(record, "ckpt")
+    assert record["length_ratio"] == pytest.approx(1.7)
+    assert caplog.text.count("the run stops past 3.0x") == 1
+
+
+def test_length_past_the_limit_stops_with_the_option_named():
+    guard = RunawayGuard(max_kl=100, max_length_ratio=3.0, reference_length=10.0)
+    with pytest.raises(PolicyRunaway, match=r"step 7: mean response length 31.0 tokens is 3.10x .*--max-length-ratio"):
+        guard.check(_record(7, 31.0, 5.0), "ckpt")
+
+
+def test_kl_past_the_limit_stops_and_past_half_warns(caplog):
+    guard = RunawayGuard(max_kl=20, max_length_ratio=0, reference_length=10.0)
+    with caplog.at_level(logging.WARNING):
+        guard.check(_record(1, 30.0, 12.0), "ckpt")  # length limit disabled
+    assert "KL to the reference is 12.0" in caplog.text
+    with pytest.raises(PolicyRunaway, match="--max-kl 20"):
+        guard.check(_record(2, 10.0, 21.0), "ckpt")
+
+
+def test_a_resumed_guard_keeps_the_first_steps_length(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps(_record(1, 8.0, 0.0)) + "\n" + json.dumps(_record(2, 9.0, 0.1)) + "\n")
+    guard = RunawayGuard.resumed(100, 3.0, path)
+    record = _record(3, 12.0, 0.2)
+    guard.check(record, "ckpt")
+    assert record["length_ratio"] == pytest.approx(1.5)
+    assert RunawayGuard.resumed(100, 3.0, tmp_path / "none.jsonl").reference_length is None
