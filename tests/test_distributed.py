@@ -94,7 +94,7 @@ def test_sft_two_processes_shard_the_data_and_match_one(tiny_model, lab_data, tm
 def test_gvm_two_processes_shard_the_data_and_match_one(tiny_model, lab_data, tmp_path):
     common = ["gvm", "--model", str(tiny_model), "--data", str(lab_data["rated"]), "--max-steps", "3",
               "--learning-rate", "1e-3", "--max-length", "96", "--td-lambda", "1", "--value-normalization", "none",
-              "--save-steps", "100", "--stats-rows", "16"]
+              "--save-steps", "100", "--stats-rows", "16", "--lora-r", "0"]
     single([*common, "--batch-size", "8", "--out", str(tmp_path / "one")])
     launch("ddp.yaml", [*common, "--batch-size", "4", "--out", str(tmp_path / "two")])
     seen = assert_disjoint_shards(processes(tmp_path / "two"), 2)

@@ -65,7 +65,7 @@ def sft_args(model, data, out):
 def gvm_args(model, data, out):
     return ["gvm", "--model", str(model), "--data", str(data), "--out", str(out), "--max-steps", "30",
             "--batch-size", "4", "--learning-rate", "1e-3", "--max-length", "96", "--save-steps", "5",
-            "--logging-steps", "5", "--stats-rows", "16"]
+            "--logging-steps", "5", "--stats-rows", "16", "--lora-r", "0"]
 
 
 def rl_args(model, prompts, gvm, out, *extra):

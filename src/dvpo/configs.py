@@ -20,7 +20,7 @@ class LabDataConfig:
     n_rated_test: int = option(200, help="held-out rated prompts for value/reward model evaluation")
     rating_noise: float = option(0.5, help="std of the Gaussian annotator noise added to the judge's score")
     task: str = option("digits", help="lab task (dvpo.lab.tasks): digits (repeat/reverse/sort digit lists) or "
-                       "arith (chains of single-digit add/sub/mul, answered clause by clause)",
+                       "arith (labelled single-digit plus/minus/times, answered clause by clause)",
                        choices=["digits", "arith"])
 
 

@@ -5,7 +5,7 @@ model -> DVPO and PPO from the same SFT model with the same RL settings -> judge
 held-out prompts. Each stage writes its own folder under --out and is skipped when that folder
 holds a finished run, so an interrupted demo picks up where it stopped. Scores are of samples at
 temperature 1: that is the policy RL optimises (greedy decoding would hide what SFT has and has
-not learned). The lab settings here (learning rates, epochs) suit a ~2M-parameter model trained
+not learned). The lab settings (configs/recipes/small/*.yaml) suit a ~2M-parameter model trained
 from scratch; the CLI's own defaults are the paper's, for real models.
 """
 
@@ -59,8 +59,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     behaviour = policy_scores(prompts, seed=cfg.seed, samples_per_prompt=EVAL_SAMPLES, task=cfg.task)
     plot_runs({algo: root / algo / "metrics.jsonl" for algo in ("dvpo", "ppo")}, "eval_score",
               root / "learning_curves.png", title="held-out lab judge score during RL")
-    report = {"budget": asdict(budget), "scores": scores, "behaviour_policies": behaviour,
-              "gvm_accuracy": gvm_accuracy, "rm_accuracy": rm_accuracy, "seconds": timer.seconds}
+    report = {"task": cfg.task, "budget": asdict(budget), "scores": scores, "behaviour_policies": behaviour,
+              "gvm_accuracy": gvm_accuracy, "rm_accuracy": rm_accuracy,
+              "rl_last_step": {algo: last_step(root / algo / "metrics.jsonl") for algo in ("dvpo", "ppo")},
+              "seconds": timer.seconds}
     (root / "report.json").write_text(json.dumps(report, indent=2))
     text = format_demo_report(report)
     (root / "report.md").write_text(text)
@@ -68,16 +70,27 @@ def run_demo(cfg: DemoConfig) -> dict:
     return report
 
 
+def last_step(metrics: Path) -> dict:
+    """What shows a policy gaming its signal, at the run's last step: response length (and its ratio to the
+    first step's), KL to the reference and its coefficient."""
+    last = json.loads(metrics.read_text().splitlines()[-1])
+    return {key: last[key] for key in ("step", "response_length", "length_ratio", "kl", "kl_coef") if key in last}
+
+
 def format_demo_report(report: dict) -> str:
     behaviour, scores = report["behaviour_policies"], report["scores"]
     best = max(behaviour, key=behaviour.get)
-    lines = ["# dvpo demo: lab ground-truth judge on held-out prompts (higher is better; max 10)", "",
+    lines = [f"# dvpo demo ({report.get('task', 'digits')} lab): ground-truth judge on held-out prompts "
+             "(higher is better; max 10)", "",
              "| model | judge score (mean ± sem) | win rate vs SFT |", "| --- | --- | --- |"]
     for name, s in scores.items():
         win = f"{100 * s['win_rate']:.0f}%" if "win_rate" in s else "—"
         lines.append(f"| {name} | {s['mean']:.2f} ± {s['sem']:.2f} | {win} |")
     lines.append(f"| best behaviour policy ({best}) | {behaviour[best]:.2f} | |")
     lines += ["", "Behaviour policies: " + ", ".join(f"{k} {v:.2f}" for k, v in behaviour.items()),
+              *(f"{algo.upper()} at step {r['step']}: response length {r['response_length']:.1f} tokens "
+                f"({r.get('length_ratio', 1.0):.2f}x the first step's), KL {r['kl']:.2f} nats, KL coefficient "
+                f"{r['kl_coef']:.3f}" for algo, r in report.get("rl_last_step", {}).items()),
               f"Reward model held-out pairwise accuracy: {100 * report['rm_accuracy']:.1f}%", "",
               format_table(report["gvm_accuracy"]),
               "Stage seconds: " + ", ".join(f"{k} {v}" for k, v in report["seconds"].items()),

@@ -65,7 +65,8 @@ class LabBudget:
 
 FULL = LabBudget(n_sft=3000, n_rated=5000, n_rl=2000, n_test=200)
 QUICK = LabBudget(n_sft=1500, n_rated=1500, n_rl=600, n_test=100,
-                  stage_changes={"sft": {"epochs": 8}, "gvm": {"epochs": 2}, "rm": {"epochs": 2}, "rl": {"steps": 40}})
+                  stage_changes={"sft": {"epochs": 8}, "gvm": {"epochs": 2}, "rm": {"epochs": 0.67},
+                                 "rl": {"steps": 40}})  # the reward model: as many steps as the GVM
 
 
 class Timer:
