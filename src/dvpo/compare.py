@@ -48,7 +48,7 @@ LAB_SETTINGS = (
     "the same SFT model. DVPO, PPO, ReMax and GRPO share every RL setting: {steps} steps of {batch} samples from "
     "the same RL prompts (GRPO: groups of {group}), minibatch {mini}, {epochs} PPO epochs, lr {lr:g}, KL "
     "{kl_coef:g} adaptive towards {kl_target}, up to {new_tokens} new tokens; DVPO's advantage: {dvpo_advantage} "
-    "(values normalised by the GVM's stored statistics), the reward model's scores standardised by its stored "
+    "(GVM value normalisation: {dvpo_normalization}), the reward model's scores standardised by its stored "
     "statistics. ReMax also decodes one greedy response per prompt for its baseline. DPO trains offline on the "
     "rated split's best-vs-worst pairs ({dpo_epochs:g} epoch(s), β {dpo_beta:g}, lr {dpo_lr:g}). Stage settings: "
     "configs/recipes/small/*.yaml.")
@@ -222,7 +222,8 @@ def run_compare(cfg: CompareConfig) -> dict:
         seed=cfg.seed, steps=rl_settings.steps, batch=rl_settings.rollout_batch_size, group=rl_settings.group_size,
         mini=rl_settings.mini_batch_size, epochs=rl_settings.ppo_epochs, lr=rl_settings.learning_rate,
         kl_coef=rl_settings.kl_coef, kl_target=rl_settings.kl_target, new_tokens=rl_settings.max_new_tokens,
-        dvpo_advantage=rl_settings.dvpo_advantage, dpo_epochs=dpo.epochs, dpo_beta=dpo.beta,
+        dvpo_advantage=rl_settings.dvpo_advantage, dvpo_normalization=rl_settings.dvpo_normalization,
+        dpo_epochs=dpo.epochs, dpo_beta=dpo.beta,
         dpo_lr=dpo.learning_rate) + " " + (
         LAB_JUDGE if judge is judge_model else LLM_JUDGE.format(model=cfg.judge_model, endpoint=cfg.judge_endpoint))
     if cfg.overrides:

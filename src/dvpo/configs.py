@@ -223,8 +223,10 @@ class RlConfig:
     dvpo_advantage: str = option("gae", help="dvpo: gae (the frozen GVM as critic: its last value is the reward, GAE "
                                  "over its values, whitened like PPO's), value (the paper's normalised token value) or "
                                  "difference (Q_t - Q_{t-1}/gamma)", choices=["gae", "value", "difference"])
-    dvpo_normalization: str = option("stored", help="dvpo: normalise values by the GVM's statistics on its training "
-                                     "data (stored) or by the rollout batch's", choices=["stored", "batch"])
+    dvpo_normalization: str = option("none", help="dvpo: normalise values by the GVM's statistics on its training "
+                                     "data (stored), by the rollout batch's (batch), or not at all (none: the GVM's "
+                                     "values are in units of its z-scored training scores, so a GVM that predicts "
+                                     "little gives a weak signal)", choices=["stored", "batch", "none"])
     reward_normalization: str = option("stored", help="ppo, remax, grpo: standardise reward-model scores by their "
                                        "statistics on its training responses (stored), or use raw scores (none)",
                                        choices=["stored", "none"])

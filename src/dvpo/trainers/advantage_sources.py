@@ -151,6 +151,8 @@ class DvpoSource:
         v_first = values[:, 0].to(mask.device)
         if self.normalization == "stored":
             mean, std = self.gvm.meta.value_mean, self.gvm.meta.value_std
+        elif self.normalization == "none":  # raw values: the units of the z-scored training scores
+            mean, std = 0.0, 1.0
         else:  # the rollout batch's own statistics over its response tokens (of every process)
             mean, var, _ = rollout.stats.masked_moments(q, valued)
             std = var.sqrt()
