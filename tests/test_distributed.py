@@ -99,8 +99,9 @@ def test_gvm_two_processes_shard_the_data_and_match_one(tiny_model, lab_data, tm
     launch("ddp.yaml", [*common, "--batch-size", "4", "--out", str(tmp_path / "two")])
     seen = assert_disjoint_shards(processes(tmp_path / "two"), 2)
     assert seen == set(processes(tmp_path / "one")[0]["rows"])
-    # The value head starts fresh (same seed in both runs); the update is measured on the shared body.
-    assert_same_training(tmp_path / "one", tmp_path / "two", tiny_model, tolerance=0.05)
+    # The value head starts at zero, so the body only moves from the second step on and its update is small:
+    # the token means of two shards (averaged by DDP) and of the whole batch differ relatively more.
+    assert_same_training(tmp_path / "one", tmp_path / "two", tiny_model, tolerance=0.1)
 
 
 def _rl_args(tiny_model, gvm, lab_data, out, *extra):
