@@ -76,7 +76,7 @@ def dvpo_difference_advantages(
     gamma: float,
     v_first: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Token-level difference advantage ``A_t = Q_t - V(s_t)`` (beyond the paper; DESIGN.md 1).
+    """Token-level difference advantage ``A_t = Q_t - V(s_t)`` (beyond the paper).
 
     Transitions are deterministic (``s_{t+1} = [s_t, a_t]``) and intermediate
     rewards are 0, so ``Q(s_{t-1}, a_{t-1}) = gamma * V(s_t)``: the baseline for

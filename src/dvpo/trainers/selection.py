@@ -21,10 +21,8 @@ def selection_arguments(cfg, has_validation: bool) -> dict:
 
 
 class PairwiseSelection(Trainer):
-    """A Trainer whose evaluation is one number, the pairwise accuracy of `validation_accuracy()`."""
-
-    def validation_accuracy(self) -> float:
-        raise NotImplementedError
+    """A Trainer whose evaluation is one number, the pairwise accuracy that a subclass's
+    `validation_accuracy()` computes on its validation rows."""
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         was_training = self.model.training
