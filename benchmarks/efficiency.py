@@ -20,7 +20,7 @@ the JSON (`per_step`, one list per run, warm-up included), and the file is rewri
 `--repeats N` runs the algorithms N times, interleaved, and takes the medians over all measured
 steps: on a shared machine a slow spell then hits every algorithm, not just the one running.
 
-`--peer tiny|small` uses the settings of shared/notes/peer-timings.md (TRL on this kind of
+`--peer tiny|small` uses the settings of docs/peer_timings.md (TRL on this kind of
 machine): Llama of hidden 256/4 layers or 512/8 layers, vocab 2978, 8 prompts of exactly 16
 tokens, 32 new tokens, 1 PPO epoch, 1 minibatch, lr 1e-5, fixed KL coefficient 0.05, 1 torch thread.
 """
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-PEER = {  # hidden, layers, heads, intermediate; TRL's figures are in shared/notes/peer-timings.md
+PEER = {  # hidden, layers, heads, intermediate; TRL's figures are in docs/peer_timings.md
     "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=688),
     "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=1376),
 }

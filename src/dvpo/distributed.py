@@ -2,7 +2,7 @@
 
 `accelerate launch --multi_gpu --num_processes N -m dvpo <stage>` starts N processes. Without
 CUDA, DDP over gloo needs `cpu=True`; DeepSpeed needs the gloo backend and must NOT get
-`cpu=True`, which silently drops it and runs plain DDP (measured, shared/notes/distributed-on-cpu.md).
+`cpu=True`, which silently drops it and runs plain DDP (measured, docs/rl.md, "Several processes on a CPU-only machine").
 The helpers below also give the RL loop what data parallelism needs beyond gradient averaging:
 contiguous shards of the rollout batch, and statistics of the whole batch across processes.
 """
