@@ -23,7 +23,7 @@ from dvpo.models.reward_model import encode_response, load_reward_model
 from dvpo.models.value_model import load_value_model, value_positions
 from dvpo.rollout.experience import build_sequences
 from dvpo.rollout.sampling import SampledBatch
-from dvpo.trainers.advantage_sources import DvpoSource, Rollout
+from dvpo.trainers.advantage_sources import DvpoSource, Rollout, reward_scores
 from dvpo.trainers.run_dir import COMPLETE_MARKER
 
 GVM_MAX_LENGTH = 12
@@ -145,13 +145,17 @@ def test_gvm_trains_on_responses_longer_than_max_length(short_gvm):
     assert rows == summary["rows"] and cut >= rows // 2 > 0
 
 
-def test_eval_gvm_on_responses_longer_than_max_length(short_gvm, long_data, tmp_path):
+def test_eval_gvm_on_responses_longer_than_max_length(short_gvm, long_data, tmp_path, caplog):
     folder, _ = short_gvm
     out = tmp_path / "acc.json"
     main(["eval", "gvm", "--gvm", str(folder), "--data", str(long_data), "--output", str(out)])
     result = json.loads(out.read_text())
     assert result["pairs"] == len(PROMPTS)
     gvm = load_value_model(folder, device="cpu")
+    with caplog.at_level(logging.INFO):
+        gvm.score(["sort 3 1 2", "sort 3 1 2"], [LONG, "1 2"])
+    assert f"GVM scoring: 2 rows tokenized (max_length {GVM_MAX_LENGTH}): 0 prompts cut on the left, 1 responses " \
+        "cut on the right" in _cut_lines(caplog)
     [values] = gvm.score(["sort 3 1 2"], [LONG], ["reverse 7 8 9"], ["9 8 7"])
     assert values.shape == (GVM_MAX_LENGTH - 1,)  # values of the kept response tokens only
     assert torch.isfinite(values).all()
@@ -197,11 +201,25 @@ def test_rm_trains_on_responses_longer_than_max_length(tiny_model, long_data, tm
         main(["rm", "--model", str(tiny_model), "--data", str(long_data), "--out", str(out), "--max-steps", "2",
               "--batch-size", "4", "--learning-rate", "1e-3", "--max-length", "10"])
     assert json.loads((out / COMPLETE_MARKER).read_text())["stage"] == "rm"
-    [line] = _cut_lines(caplog)
+    [line] = [m for m in _cut_lines(caplog) if "scoring" not in m]  # the training rows
     assert "(max_length 10):" in line and "responses cut on the right" in line
     assert "0 responses cut" not in line
     rm = load_reward_model(out, device="cpu")
-    assert torch.isfinite(rm.score(["sort 3 1 2"], [LONG])).all()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert torch.isfinite(rm.score(["sort 3 1 2"], [LONG])).all()
+    assert _cut_lines(caplog) == ["reward model scoring: 1 rows tokenized (max_length 10): 0 prompts cut on the "
+                                  "left, 1 responses cut on the right"]
+    # In RL the rollout's token ids are cut the same way, and the cut is logged.
+    prompt_ids = rm.tokenizer("sort 3 1 2", add_special_tokens=False)["input_ids"]
+    long_ids = rm.tokenizer(LONG, add_special_tokens=False)["input_ids"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        scores = reward_scores(rm, [(prompt_ids, long_ids), (prompt_ids, long_ids[:2])], normalize=False)
+    [cut] = _cut_lines(caplog)
+    assert cut.startswith("reward model inputs: 2 rows tokenized (max_length 10)") and "1 responses cut" in cut
+    kept = truncate(prompt_ids + long_ids, [0] * len(prompt_ids) + [1] * len(long_ids), 10)[0]
+    assert torch.allclose(scores[0], rm.score_ids(torch.tensor([kept]), torch.ones(1, len(kept)))[0].cpu())
 
 
 def test_dpo_trains_on_responses_longer_than_max_length(tiny_model, long_data, tmp_path):
@@ -210,6 +228,29 @@ def test_dpo_trains_on_responses_longer_than_max_length(tiny_model, long_data, t
           "--batch-size", "2", "--learning-rate", "1e-3", "--max-length", "16", "--logging-steps", "1"])
     summary = json.loads((out / COMPLETE_MARKER).read_text())
     assert summary["stage"] == "dpo" and summary["pairs"] == len(PROMPTS) and summary["steps"] == 2
+
+
+def test_dpo_says_how_many_pairs_trl_drops_for_a_prompt_that_fills_max_length(tiny_model, tmp_path, caplog):
+    data = tmp_path / "rated.jsonl"
+    write_jsonl(data, _rated_rows() + [{"prompt": "sort " + LONG, "completion": text, "score": score}
+                                       for text, score in (("1 2", 1.0), ("2 1", 0.0))])
+    out = tmp_path / "dpo"
+    with caplog.at_level(logging.INFO):
+        main(["dpo", "--model", str(tiny_model), "--data", str(data), "--out", str(out), "--max-steps", "1",
+              "--batch-size", "2", "--max-length", "16"])
+    summary = json.loads((out / COMPLETE_MARKER).read_text())
+    assert summary["pairs"] == len(PROMPTS) and summary["pairs_dropped"] == 1
+    assert any(f"1 of {len(PROMPTS) + 1} preference pairs from {data} have a prompt of --max-length 16 tokens or more"
+               in r.getMessage() for r in caplog.records)
+
+
+def test_dpo_with_every_prompt_filling_max_length_is_one_clear_line(tiny_model, long_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["dpo", "--model", str(tiny_model), "--data", str(long_data), "--out", str(tmp_path / "dpo"),
+              "--max-steps", "1", "--max-length", "2"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert f"field 'prompt': {len(PROMPTS)} of {len(PROMPTS)} preference pairs" in err and "raise --max-length" in err
 
 
 def test_rl_dvpo_with_responses_longer_than_the_gvm_max_length(tiny_model, short_gvm, lab_data, tmp_path, caplog):

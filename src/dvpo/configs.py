@@ -234,8 +234,8 @@ class RlConfig:
                            "(warns past half); 0 disables")
     max_length_ratio: float = option(3.0, help="stop when the mean response length exceeds this multiple of the "
                                      "first step's (the starting policy's); warns past 1.5x; 0 disables")
-    whiten_advantages: str = option("auto", help="whiten advantages over the rollout batch (auto: for ppo only, "
-                                    "as in the N+ details)", choices=["auto", "on", "off"])
+    whiten_advantages: str = option("auto", help="whiten advantages over the rollout batch (auto: for ppo and "
+                                    "dvpo gae, the two with a critic, as in the N+ details)", choices=["auto", "on", "off"])
     eval_prompts: str | None = option(None, help="held-out prompts scored every --eval-every steps (lab judge when they are lab prompts)")
     eval_every: int = option(10, help="evaluate every N steps (0: only at the end)")
     save_every: int = option(25, help="checkpoint every N steps")

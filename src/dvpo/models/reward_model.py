@@ -21,7 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from dvpo.data.collate import pad_sequences
-from dvpo.data.tokenize import encode_example, ensure_pad_token, truncate
+from dvpo.data.tokenize import TruncationStats, encode_example, ensure_pad_token, truncate
 from dvpo.models.frozen import FrozenScorer, StageMeta
 from dvpo.models.loading import check_model_path, default_device, load_tokenizer, loading_errors, resolve_dtype
 
@@ -78,12 +78,17 @@ class RewardModel(FrozenScorer):
     def score(self, prompts: list, responses: list, batch_size: int = 32) -> torch.Tensor:
         """[N] raw scores on the CPU, in the order given."""
         scores = []
+        cut = TruncationStats()
         for begin in range(0, len(prompts), batch_size):
-            ids = [encode_response(self.tokenizer, p, r, self.meta.max_length)[0]
-                   for p, r in zip(prompts[begin:begin + batch_size], responses[begin:begin + batch_size])]
+            encoded = [encode_response(self.tokenizer, p, r, self.meta.max_length)
+                       for p, r in zip(prompts[begin:begin + batch_size], responses[begin:begin + batch_size])]
+            for _, what in encoded:
+                cut.add(what)
+            ids = [e[0] for e in encoded]
             batch = pad_sequences(ids, self.tokenizer.pad_token_id)
             attention = pad_sequences([[1] * len(i) for i in ids], 0)
             scores.append(self.score_ids(batch, attention).cpu())
+        cut.log("reward model scoring", self.meta.max_length)
         return torch.cat(scores) if scores else torch.zeros(0)
 
 

@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokeni
 
 from dvpo.data.collate import pad_sequences
 from dvpo.data.tau import conditioned_on
-from dvpo.data.tokenize import encode_example, ensure_pad_token, truncate
+from dvpo.data.tokenize import TruncationStats, encode_example, ensure_pad_token, truncate
 from dvpo.errors import ModelError
 from dvpo.models.frozen import FrozenScorer, StageMeta
 from dvpo.models.loading import check_model_path, default_device, loading_errors, model_reference, resolve_dtype
@@ -117,14 +117,14 @@ class GlobalValueModel(FrozenScorer):
         values, mask = gather_values(logits, starts, lengths)
         return (self.normalize(values) * mask if normalized else values), mask
 
-    def encode(self, prompt, response, tau: list[tuple] | None = None) -> tuple[list[int], int, int]:
-        """Token ids of [tau; prompt; response] and its value slots; tau (a list of (prompt, response) pairs)
-        is dropped when the GVM was trained without it."""
+    def encode(self, prompt, response, tau: list[tuple] | None = None) -> tuple[list[int], int, int, str]:
+        """Token ids of [tau; prompt; response], its value slots and what truncation cut; tau (a list of
+        (prompt, response) pairs) is dropped when the GVM was trained without it."""
         pairs = list(tau or []) if self.meta.tau else []
         ids, mask = encode_example(self.tokenizer, conditioned_on(prompt, pairs), response)
-        ids, mask, _ = truncate(ids, mask, self.meta.max_length)
+        ids, mask, what = truncate(ids, mask, self.meta.max_length)
         start, length = value_positions(mask)
-        return ids, start, length
+        return ids, start, length, what
 
     def score(self, prompts: list, responses: list, tau_prompts: list | None = None,
               tau_responses: list | None = None, normalized: bool = True, batch_size: int = 32,
@@ -139,16 +139,20 @@ class GlobalValueModel(FrozenScorer):
             taus = [[(p, r)] if p is not None else [] for p, r in zip(tau_prompts or [None] * n,
                                                                         tau_responses or [None] * n)]
         results: list[torch.Tensor] = []
+        cut = TruncationStats()
         for begin in range(0, n, batch_size):
             encoded = [self.encode(*args) for args in zip(prompts[begin:begin + batch_size],
                                                           responses[begin:begin + batch_size],
                                                           taus[begin:begin + batch_size])]
+            for e in encoded:
+                cut.add(e[3])
             ids = pad_sequences([e[0] for e in encoded], self.tokenizer.pad_token_id).to(self.device)
             attention = pad_sequences([[1] * len(e[0]) for e in encoded], 0).to(self.device)
             starts = torch.tensor([e[1] for e in encoded], device=self.device)
             lengths = torch.tensor([e[2] for e in encoded], device=self.device)
             values, _ = self.slot_values(ids, attention, starts, lengths, normalized)
             results += [values[i, 1:lengths[i]].cpu() for i in range(len(encoded))]
+        cut.log("GVM scoring", self.meta.max_length)
         return results
 
 

@@ -22,7 +22,7 @@ from dvpo.algos.advantages import (broadcast_sequence_advantage, dvpo_critic_adv
 from dvpo.algos.ppo import clipped_value_loss, gae, per_token_rewards
 from dvpo.data.collate import pad_sequences
 from dvpo.data.tau import conditioned_on
-from dvpo.data.tokenize import encode_prompt
+from dvpo.data.tokenize import TruncationStats, encode_prompt, truncate
 from dvpo.rollout.experience import Sequences, build_sequences, critic_values, unpadded_rows
 from dvpo.rollout.sampling import sample
 from dvpo.distributed import BatchStats
@@ -71,9 +71,20 @@ def tau_partner(prompts: list, pairs: int = 1) -> list[list[int]]:
 @torch.no_grad()
 def reward_scores(reward_model, rows: list[tuple[list[int], list[int]]], normalize: bool = True) -> torch.Tensor:
     """The reward model's score of each (prompt ids, response ids) row, as a float tensor on the CPU;
-    with `normalize`, standardised by the scores' statistics on its training responses (as the GVM's values
-    are by theirs), so the KL coefficient weighs every algorithm's signal on one scale."""
-    ids = [p + r for p, r in rows]
+    with `normalize`, standardised by the scores' statistics on its training responses: a Bradley-Terry score
+    has no unit, and this puts it on the scale of the GVM's values (z-scored training scores), so the KL
+    coefficient weighs every algorithm's signal alike.
+
+    Rows are cut to the RM's max_length as in its training (`truncate`), with a warning when any is."""
+    cut = TruncationStats()
+    ids = []
+    for prompt, response in rows:
+        kept, _, what = truncate(prompt + response, [0] * len(prompt) + [1] * len(response),
+                                 reward_model.meta.max_length)
+        cut.add(what)
+        ids.append(kept)
+    if cut.prompt_truncated or cut.response_truncated:
+        cut.log("reward model inputs", reward_model.meta.max_length)
     device = reward_model.device
     scores = reward_model.score_ids(pad_sequences(ids, reward_model.tokenizer.pad_token_id).to(device),
                                     pad_sequences([[1] * len(x) for x in ids], 0).to(device))

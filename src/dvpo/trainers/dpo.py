@@ -39,6 +39,16 @@ def preference_dataset(source: str, split: str, mode: str) -> Dataset:
                                "rejected": _messages(r, "assistant")} for p, c, r in pairs.triples])
 
 
+def report_dropped_pairs(cfg: DpoConfig, built: int, kept: int) -> None:
+    """TRL's DPOTrainer drops pairs whose prompt alone fills max_length (its completions would be cut away
+    entirely); say how many, and stop when that is every pair."""
+    message = (f"{built - kept} of {built} preference pairs from {cfg.data} have a prompt of --max-length "
+               f"{cfg.max_length} tokens or more (after the chat template)")
+    if kept == 0:
+        raise DataError(cfg.data, None, "prompt", f"{message}: no pair is left to train on; raise --max-length")
+    logger.warning("%s; TRL drops them and trains on the other %d", message, kept)
+
+
 def run_dpo(cfg: DpoConfig) -> Path:
     folder, resume_from = start_run(cfg)
     tokenizer = ensure_pad_token(load_tokenizer(cfg.model))
@@ -49,12 +59,15 @@ def run_dpo(cfg: DpoConfig) -> Path:
                          args=args, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[StopOnSignal(), MetricsFileCallback(folder, plot_keys=("loss", "rewards/accuracies",
                                                                            "rewards/margins"))])
+    kept = len(trainer.train_dataset)
+    if kept < len(dataset):
+        report_dropped_pairs(cfg, len(dataset), kept)
     result = trainer.train(resume_from_checkpoint=resume_from)
     raise_if_stopped(trainer.state, folder / CHECKPOINTS)
     if trainer.is_world_process_zero():
         final = trainer.model.merge_and_unload() if cfg.lora_r > 0 else trainer.model
         final.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        mark_complete(folder, stage="dpo", pairs=len(dataset), train_loss=result.training_loss,
-                      steps=result.global_step)
+        mark_complete(folder, stage="dpo", pairs=kept, pairs_dropped=len(dataset) - kept,
+                      train_loss=result.training_loss, steps=result.global_step)
     return folder
