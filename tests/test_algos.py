@@ -17,6 +17,7 @@ from dvpo.algos.advantages import (
     dvpo_difference_advantages,
     dvpo_value_advantages,
     group_normalized_advantages,
+    reliability_weight,
     remax_advantages,
 )
 from dvpo.algos.masked import masked_mean, masked_sum, masked_var, masked_whiten
@@ -588,3 +589,15 @@ def test_dvpo_critic_advantages_by_hand_in_float64():
     # lambda 1, no KL: every token's advantage is Q_T - V(s_t)
     adv1, _ = dvpo_critic_advantages(q, v_first, mask, torch.zeros_like(q), gamma=1.0, lam=1.0)
     assert torch.allclose(adv1[0], torch.tensor([1.0 - 0.1, 1.0 - 0.2, 1.0 - 0.5], dtype=torch.float64))
+
+
+def test_reliability_weight_is_twice_the_accuracy_above_chance():
+    """By hand: a scorer agreeing with the truth on a fraction a of pairs has expected agreement 2a - 1."""
+    assert reliability_weight(1.0) == 1.0
+    assert reliability_weight(0.75) == 0.5
+    assert reliability_weight(0.5) == 0.0
+    assert reliability_weight(0.3) == 0.0  # below chance: no signal, never a reversed one
+    assert reliability_weight(0.8144758735440932) == pytest.approx(0.6289517470881864, abs=1e-15)
+    for bad in (-0.1, 1.2, float("nan")):
+        with pytest.raises(ValueError):
+            reliability_weight(bad)

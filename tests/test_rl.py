@@ -253,3 +253,73 @@ def test_rewards_are_standardised_by_the_reward_models_stored_statistics(tiny_rm
     normalized = reward_scores(rm, rows)
     expected = (raw.double() - rm.meta.score_mean) / (rm.meta.score_std + 1e-6)
     torch.testing.assert_close(normalized.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_reliability_weights_a_standardised_signal_by_validation_accuracy(tiny_rm, tiny_gvm, tiny_model, lab_data,
+                                                                         tmp_path, caplog):
+    """`reliability`: the stored standardisation times 2 * validation accuracy - 1, for the RM and the GVM alike."""
+    import logging
+
+    from dvpo.config import ConfigError
+    from dvpo.models.reward_model import load_reward_model
+    from dvpo.models.value_model import load_value_model
+    from dvpo.trainers.advantage_sources import reward_scores, signal_weight
+
+    rm = load_reward_model(tiny_rm)
+    recorded = json.loads((tiny_rm / "dvpo_complete.json").read_text())["validation_accuracy"]
+    assert rm.meta.validation_accuracy == recorded
+    weight = signal_weight(rm.meta, str(tiny_rm), "--reward-normalization")
+    assert weight == max(0.0, 2 * recorded - 1)
+    tokenizer = load_tokenizer(str(tiny_model))
+    rows = [(encode_prompt(tokenizer, "sort 3 1 2"), tokenizer("1 2 3")["input_ids"]),
+            (encode_prompt(tokenizer, "repeat 4 5"), tokenizer("4 5 hope this helps")["input_ids"])]
+    torch.testing.assert_close(reward_scores(rm, rows, weight=0.25), 0.25 * reward_scores(rm, rows))
+
+    gvm = load_value_model(tiny_gvm)
+    assert gvm.meta.validation_accuracy == json.loads((tiny_gvm / "dvpo_complete.json").read_text())[
+        "validation_accuracy"]
+    gvm.meta.validation_accuracy = None  # as for a GVM trained with --validation-fraction 0
+    with pytest.raises(ConfigError, match="records no validation accuracy"):
+        signal_weight(gvm.meta, str(tiny_gvm), "--dvpo-normalization")
+
+    out = tmp_path / "rl"
+    with caplog.at_level(logging.INFO):
+        main(["rl", "--algo", "dvpo", "--policy", str(tiny_model), "--gvm", str(tiny_gvm), "--prompts",
+              str(lab_data["prompts"]), "--out", str(out), "--steps", "1", "--rollout-batch-size", "4",
+              "--mini-batch-size", "4", "--ppo-epochs", "1", "--max-new-tokens", "6",
+              "--dvpo-normalization", "reliability"])
+    assert (out / "dvpo_complete.json").is_file()
+    assert any("so its standardised signal is weighted 2 * accuracy - 1" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("advantage", ["value", "difference", "gae"])
+def test_dvpo_reliability_advantages_are_the_stored_ones_times_the_weight(advantage, tiny_gvm):
+    """Without a KL penalty, every DVPO advantage is linear in the standardised values (gae's whitening aside)."""
+    from dvpo.distributed import BatchStats
+    from dvpo.models.value_model import load_value_model
+    from dvpo.rollout.sampling import SampledBatch
+    from dvpo.trainers.advantage_sources import DvpoSource, Rollout
+
+    gvm = load_value_model(tiny_gvm, device="cpu")
+    tok = gvm.tokenizer
+    prompts = ["sort 3 1 2", "reverse 7 8 9"]
+    responses = [tok("1 2 3", add_special_tokens=False)["input_ids"], tok("9 8", add_special_tokens=False)["input_ids"]]
+    prompt_ids = [encode_prompt(tok, p) for p in prompts]
+    width, p_width = max(map(len, responses)), max(map(len, prompt_ids))
+    seq = build_sequences(SampledBatch(
+        prompt_ids=torch.tensor([[tok.pad_token_id] * (p_width - len(p)) + p for p in prompt_ids]),
+        prompt_mask=torch.tensor([[0] * (p_width - len(p)) + [1] * len(p) for p in prompt_ids]),
+        response_ids=torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in responses]),
+        response_mask=torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in responses])))
+    texts = [tok.decode(r) for r in responses]
+    rollout = Rollout(seq, prompts, texts, prompts, texts, 0, BatchStats())
+    kl = torch.zeros(2, width)
+
+    def advantages(normalization, weight=1.0):
+        source = DvpoSource(gvm, advantage, normalization, gamma=1.0, lam=0.95, kl_in_reward=False, weight=weight)
+        return source.experience(rollout, kl, kl_coef=0.0).advantages
+
+    stored = advantages("stored")
+    assert stored.abs().sum() > 0
+    torch.testing.assert_close(advantages("reliability", 0.3), 0.3 * stored)
+    assert advantages("reliability", 0.0).eq(0).all()

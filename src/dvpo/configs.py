@@ -223,13 +223,16 @@ class RlConfig:
     dvpo_advantage: str = option("gae", help="dvpo: gae (the frozen GVM as critic: its last value is the reward, GAE "
                                  "over its values, whitened like PPO's), value (the paper's normalised token value) or "
                                  "difference (Q_t - Q_{t-1}/gamma)", choices=["gae", "value", "difference"])
-    dvpo_normalization: str = option("none", help="dvpo: normalise values by the GVM's statistics on its training "
-                                     "data (stored), by the rollout batch's (batch), or not at all (none: the GVM's "
-                                     "values are in units of its z-scored training scores, so a GVM that predicts "
-                                     "little gives a weak signal)", choices=["stored", "batch", "none"])
+    dvpo_normalization: str = option("reliability", help="dvpo: normalise values by the GVM's statistics on its "
+                                     "training data (stored); the same times 2 * its validation pairwise accuracy - 1 "
+                                     "(reliability: a GVM at chance gives no signal); by the rollout batch's "
+                                     "(batch); or not at all (none: the GVM's values are in units of its z-scored "
+                                     "training scores)", choices=["stored", "reliability", "batch", "none"])
     reward_normalization: str = option("stored", help="ppo, remax, grpo: standardise reward-model scores by their "
-                                       "statistics on its training responses (stored), or use raw scores (none)",
-                                       choices=["stored", "none"])
+                                       "statistics on its training responses (stored); the same times 2 * its "
+                                       "validation pairwise accuracy - 1 (reliability; GRPO's group "
+                                       "standardisation cancels it); or raw scores (none)",
+                                       choices=["stored", "reliability", "none"])
     max_kl: float = option(100.0, help="stop when the mean KL to the reference per response exceeds this many nats "
                            "(warns past half); 0 disables")
     max_length_ratio: float = option(3.0, help="stop when the mean response length exceeds this multiple of the "

@@ -24,6 +24,7 @@ from dvpo.algos.ppo import gae
 from dvpo.algos.td import last_token_rewards
 
 __all__ = [
+    "reliability_weight",
     "dvpo_value_advantages",
     "dvpo_difference_advantages",
     "dvpo_critic_advantages",
@@ -31,6 +32,19 @@ __all__ = [
     "remax_advantages",
     "broadcast_sequence_advantage",
 ]
+
+
+def reliability_weight(pairwise_accuracy: float) -> float:
+    """``2 * accuracy - 1`` clipped to [0, 1]: how far a scorer's held-out pairwise accuracy is above chance.
+
+    It is the expected agreement, +1 or -1, between the scorer's preference and the truth on a
+    random pair. Scaling a standardised reward by it shrinks the signal of an unreliable scorer
+    towards zero, so the KL penalty holds the policy where the scorer knows little: at chance the
+    signal vanishes, a perfect scorer keeps unit scale.
+    """
+    if not 0.0 <= pairwise_accuracy <= 1.0:
+        raise ValueError(f"pairwise accuracy must lie in [0, 1], got {pairwise_accuracy}")
+    return max(0.0, 2.0 * pairwise_accuracy - 1.0)
 
 
 def dvpo_value_advantages(

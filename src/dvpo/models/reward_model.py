@@ -58,6 +58,7 @@ class RmMeta(StageMeta):
     max_length: int
     score_mean: float = 0.0  # raw scores of the trained model on training responses
     score_std: float = 1.0
+    validation_accuracy: float | None = None  # pairwise, on the validation split that picked it (None: no split)
 
 
 class RewardModel(FrozenScorer):

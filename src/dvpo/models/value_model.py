@@ -98,6 +98,7 @@ class GvmMeta(StageMeta):
     score_std: float = 1.0
     max_length: int = 512
     tau_pairs: int = 1                  # (prompt, response) pairs of the acting policy in tau, when tau is on
+    validation_accuracy: float | None = None  # pairwise, on the validation split that picked it (None: no split)
 
 
 class GlobalValueModel(FrozenScorer):

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 import torch
 
 from dvpo.algos.advantages import (broadcast_sequence_advantage, dvpo_critic_advantages, dvpo_difference_advantages,
-                                   dvpo_value_advantages, group_normalized_advantages, remax_advantages)
+                                   dvpo_value_advantages, group_normalized_advantages, reliability_weight,
+                                   remax_advantages)
 from dvpo.algos.ppo import clipped_value_loss, gae, per_token_rewards
+from dvpo.config import ConfigError
 from dvpo.data.collate import pad_sequences
 from dvpo.data.tau import conditioned_on
 from dvpo.data.tokenize import TruncationStats, encode_prompt, truncate
@@ -69,11 +71,27 @@ def tau_partner(prompts: list, pairs: int = 1) -> list[list[int]]:
 
 
 @torch.no_grad()
-def reward_scores(reward_model, rows: list[tuple[list[int], list[int]]], normalize: bool = True) -> torch.Tensor:
+def signal_weight(meta, folder: str, option: str) -> float:
+    """`reliability_weight` of a trained scorer (GVM or reward model) from the validation accuracy it
+    was selected by; logged, and a clear error when it was trained without a validation split."""
+    if meta.validation_accuracy is None:
+        raise ConfigError(f"{folder} records no validation accuracy (trained without a validation split, or by an "
+                          f"older dvpo), so its reliability is unknown: retrain it with --validation-fraction above 0, "
+                          f"or choose another {option}")
+    weight = reliability_weight(meta.validation_accuracy)
+    logger.log(logging.WARNING if weight == 0 else logging.INFO,
+               "%s: validation pairwise accuracy %.1f%%, so its standardised signal is weighted 2 * accuracy - 1 "
+               "= %.3f%s", folder, 100 * meta.validation_accuracy, weight,
+               " (at chance: only the KL penalty acts)" if weight == 0 else "")
+    return weight
+
+
+def reward_scores(reward_model, rows: list[tuple[list[int], list[int]]], normalize: bool = True,
+                  weight: float = 1.0) -> torch.Tensor:
     """The reward model's score of each (prompt ids, response ids) row, as a float tensor on the CPU;
     with `normalize`, standardised by the scores' statistics on its training responses: a Bradley-Terry score
     has no unit, and this puts it on the scale of the GVM's values (z-scored training scores), so the KL
-    coefficient weighs every algorithm's signal alike.
+    coefficient weighs every algorithm's signal alike; `weight` then scales them (`signal_weight`).
 
     Rows are cut to the RM's max_length as in its training (`truncate`), with a warning when any is."""
     cut = TruncationStats()
@@ -89,7 +107,7 @@ def reward_scores(reward_model, rows: list[tuple[list[int], list[int]]], normali
     scores = reward_model.score_ids(pad_sequences(ids, reward_model.tokenizer.pad_token_id).to(device),
                                     pad_sequences([[1] * len(x) for x in ids], 0).to(device))
     scores = reward_model.normalize(scores) if normalize else scores
-    return scores.float().cpu()
+    return (scores * weight).float().cpu()
 
 
 class DvpoSource:
@@ -103,8 +121,9 @@ class DvpoSource:
     trainable: list = []
     samples_per_prompt = 1
 
-    def __init__(self, gvm, advantage: str, normalization: str, gamma: float, lam: float, kl_in_reward: bool):
-        self.gvm, self.advantage, self.normalization = gvm, advantage, normalization
+    def __init__(self, gvm, advantage: str, normalization: str, gamma: float, lam: float, kl_in_reward: bool,
+                 weight: float = 1.0):
+        self.gvm, self.advantage, self.normalization, self.weight = gvm, advantage, normalization, weight
         self.gamma, self.lam, self.kl_in_reward = gamma, lam, kl_in_reward
         self.whiten_default = advantage == "gae"
 
@@ -160,15 +179,15 @@ class DvpoSource:
         valued = valued * mask
         q = q * valued
         v_first = values[:, 0].to(mask.device)
-        if self.normalization == "stored":
+        if self.normalization in ("stored", "reliability"):  # reliability: then times `weight`
             mean, std = self.gvm.meta.value_mean, self.gvm.meta.value_std
         elif self.normalization == "none":  # raw values: the units of the z-scored training scores
             mean, std = 0.0, 1.0
         else:  # the rollout batch's own statistics over its response tokens (of every process)
             mean, var, _ = rollout.stats.masked_moments(q, valued)
             std = var.sqrt()
-        q_norm = dvpo_value_advantages(q, valued, mode="stored", mean=mean, std=std)
-        v_first = (v_first - mean) / (std + 1e-8)
+        q_norm = dvpo_value_advantages(q, valued, mode="stored", mean=mean, std=std) * self.weight
+        v_first = (v_first - mean) / (std + 1e-8) * self.weight
         penalty = kl_coef * kl if self.kl_in_reward else torch.zeros_like(kl)
         if self.advantage == "gae":
             advantages, _ = dvpo_critic_advantages(q_norm, v_first, valued, penalty, self.gamma, self.lam)
@@ -190,8 +209,8 @@ class PpoSource:
     whiten_default = True
 
     def __init__(self, reward_model, critic, gamma: float, lam: float, value_clip: float, kl_in_reward: bool,
-                 normalize: bool = True):
-        self.reward_model, self.normalize = reward_model, normalize
+                 normalize: bool = True, weight: float = 1.0):
+        self.reward_model, self.normalize, self.weight = reward_model, normalize, weight
         self.use_critic(critic)
         self.gamma, self.lam, self.value_clip = gamma, lam, value_clip
         self.kl_in_reward = kl_in_reward
@@ -204,7 +223,7 @@ class PpoSource:
     def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience:
         seq = rollout.seq
         mask = seq.response_mask
-        scores = reward_scores(self.reward_model, unpadded_rows(seq), self.normalize).to(mask.device)
+        scores = reward_scores(self.reward_model, unpadded_rows(seq), self.normalize, self.weight).to(mask.device)
         values = critic_values(self.critic, seq)
         rewards = per_token_rewards(scores, kl, mask, kl_coef if self.kl_in_reward else 0.0)
         advantages, returns = gae(values, rewards, mask, self.gamma, self.lam)
@@ -225,8 +244,10 @@ class RemaxSource:
     samples_per_prompt = 1
     whiten_default = False
 
-    def __init__(self, reward_model, policy, tokenizer, max_new_tokens: int, kl_in_reward: bool, normalize: bool = True):
-        self.reward_model, self.policy, self.tokenizer, self.normalize = reward_model, policy, tokenizer, normalize
+    def __init__(self, reward_model, policy, tokenizer, max_new_tokens: int, kl_in_reward: bool, normalize: bool = True,
+                 weight: float = 1.0):
+        self.reward_model, self.policy, self.tokenizer = reward_model, policy, tokenizer
+        self.normalize, self.weight = normalize, weight
         self.max_new_tokens, self.kl_in_reward = max_new_tokens, kl_in_reward
 
     @torch.no_grad()
@@ -237,8 +258,8 @@ class RemaxSource:
                         self.max_new_tokens, temperature=0)
         greedy_rows = unpadded_rows(build_sequences(greedy))
         mask = seq.response_mask
-        scores = reward_scores(self.reward_model, rows, self.normalize).to(mask.device)
-        greedy_scores = reward_scores(self.reward_model, greedy_rows, self.normalize).to(mask.device)
+        scores = reward_scores(self.reward_model, rows, self.normalize, self.weight).to(mask.device)
+        greedy_scores = reward_scores(self.reward_model, greedy_rows, self.normalize, self.weight).to(mask.device)
         advantages = broadcast_sequence_advantage(remax_advantages(scores, greedy_scores), mask)
         if self.kl_in_reward:
             advantages = advantages - kl_coef * kl * mask
@@ -255,14 +276,15 @@ class GrpoSource:
     trainable: list = []
     whiten_default = False
 
-    def __init__(self, reward_model, group_size: int, normalize: bool = True):
-        self.reward_model, self.samples_per_prompt, self.normalize = reward_model, group_size, normalize
+    def __init__(self, reward_model, group_size: int, normalize: bool = True, weight: float = 1.0):
+        self.reward_model, self.samples_per_prompt = reward_model, group_size
+        self.normalize, self.weight = normalize, weight
 
     @torch.no_grad()
     def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience:
         seq = rollout.seq
         mask = seq.response_mask
-        scores = reward_scores(self.reward_model, unpadded_rows(seq), self.normalize).to(mask.device)
+        scores = reward_scores(self.reward_model, unpadded_rows(seq), self.normalize, self.weight).to(mask.device)
         advantages = group_normalized_advantages(scores, self.samples_per_prompt)
         return Experience(broadcast_sequence_advantage(advantages, mask), {"reward_mean": scores.mean().item()})
 

@@ -162,6 +162,7 @@ def run_gvm(cfg: GvmConfig) -> Path:
         first_draw = features[: len(rows)]
         stats_rows = first_draw[:: max(1, len(first_draw) // cfg.stats_rows)][: cfg.stats_rows]
         meta.value_mean, meta.value_std = value_statistics(trainer.model, stats_rows, collator)
+        meta.validation_accuracy = trainer.state.best_metric if validation else None
         model_dir = folder / MODEL_SUBDIR
         trainer.model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)

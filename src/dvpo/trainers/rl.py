@@ -36,7 +36,7 @@ from dvpo.eval.rl_eval import PromptScorer
 from dvpo.models.loading import load_causal_lm, load_tokenizer
 from dvpo.rollout.experience import build_sequences, frozen_logprobs, response_logprobs
 from dvpo.rollout.sampling import SharedNoise, sample
-from dvpo.trainers.advantage_sources import DvpoSource, GrpoSource, PpoSource, RemaxSource, Rollout
+from dvpo.trainers.advantage_sources import DvpoSource, GrpoSource, PpoSource, RemaxSource, Rollout, signal_weight
 from dvpo.distributed import BatchStats, deepspeed_requested, make_accelerator, parameters_held, shard_bounds
 from dvpo.trainers.common import write_process_record
 from dvpo.trainers.metrics import peak_memory_bytes
@@ -95,22 +95,28 @@ def build_source(cfg: RlConfig, device, policy, reference, tokenizer):
         if share:
             logger.info("the GVM (a LoRA adapter on %s) and the reference share one frozen backbone", cfg.policy)
             reference = AdapterOff(reference, adapters=gvm.model)
+        weight = (signal_weight(gvm.meta, cfg.gvm, "--dvpo-normalization")
+                  if cfg.dvpo_normalization == "reliability" else 1.0)
         return DvpoSource(gvm, cfg.dvpo_advantage, cfg.dvpo_normalization, cfg.gamma, cfg.gae_lambda,
-                          kl_in_reward), reference
+                          kl_in_reward, weight), reference
     if not cfg.reward_model:
         raise ConfigError(f"--algo {cfg.algo} needs --reward-model (a folder written by `dvpo rm`)")
     from dvpo.models.reward_model import load_reward_model
     from dvpo.models.value_model import build_value_model
 
     reward_model = load_reward_model(cfg.reward_model, device=device, dtype=cfg.dtype)
-    normalize = cfg.reward_normalization == "stored"
+    normalize = cfg.reward_normalization in ("stored", "reliability")
+    weight = (signal_weight(reward_model.meta, cfg.reward_model, "--reward-normalization")
+              if cfg.reward_normalization == "reliability" else 1.0)
     if cfg.algo == "grpo":
-        return GrpoSource(reward_model, cfg.group_size, normalize), reference
+        return GrpoSource(reward_model, cfg.group_size, normalize, weight), reference
     if cfg.algo == "remax":
-        return RemaxSource(reward_model, policy, tokenizer, cfg.max_new_tokens, kl_in_reward, normalize), reference
+        return RemaxSource(reward_model, policy, tokenizer, cfg.max_new_tokens, kl_in_reward, normalize,
+                           weight), reference
     critic_init = cfg.critic_init or _default_critic_init(cfg)
     critic = build_value_model(critic_init, cfg.dtype, fsdp=cfg.fsdp).to(device)
-    return PpoSource(reward_model, critic, cfg.gamma, cfg.gae_lambda, cfg.value_clip, kl_in_reward, normalize), reference
+    return PpoSource(reward_model, critic, cfg.gamma, cfg.gae_lambda, cfg.value_clip, kl_in_reward, normalize,
+                     weight), reference
 
 
 def _default_critic_init(cfg: RlConfig) -> str:

@@ -125,6 +125,7 @@ def run_rm(cfg: RmConfig) -> Path:
     if trainer.is_world_process_zero():
         rm = RewardModel(trainer.model, tokenizer, meta)
         meta.score_mean, meta.score_std = score_statistics(rm, pairs.triples)
+        meta.validation_accuracy = trainer.state.best_metric if validation else None
         held_out = {}
         if eval_rows is not None:
             accuracy = rm_accuracy(rm, eval_rows, mode="all")
