@@ -263,7 +263,7 @@ def test_reliability_weights_a_standardised_signal_by_validation_accuracy(tiny_r
     from dvpo.config import ConfigError
     from dvpo.models.reward_model import load_reward_model
     from dvpo.models.value_model import load_value_model
-    from dvpo.trainers.advantage_sources import reward_scores, signal_weight
+    from dvpo.trainers.advantage_sources import reward_scores, signal_weight, warn_if_near_chance
 
     rm = load_reward_model(tiny_rm)
     recorded = json.loads((tiny_rm / "dvpo_complete.json").read_text())["validation_accuracy"]
@@ -278,6 +278,13 @@ def test_reliability_weights_a_standardised_signal_by_validation_accuracy(tiny_r
     gvm = load_value_model(tiny_gvm)
     assert gvm.meta.validation_accuracy == json.loads((tiny_gvm / "dvpo_complete.json").read_text())[
         "validation_accuracy"]
+    caplog.clear()
+    gvm.meta.validation_accuracy = 0.55
+    with caplog.at_level(logging.INFO):
+        warn_if_near_chance(gvm.meta, "lab-2 GVM")
+        gvm.meta.validation_accuracy = 0.6
+        warn_if_near_chance(gvm.meta, "a fair GVM")
+    assert [r.getMessage()[:39] for r in caplog.records] == ["lab-2 GVM ranks only 55.0% of its valid"]
     gvm.meta.validation_accuracy = None  # as for a GVM trained with --validation-fraction 0
     with pytest.raises(ConfigError, match="records no validation accuracy"):
         signal_weight(gvm.meta, str(tiny_gvm), "--dvpo-normalization")

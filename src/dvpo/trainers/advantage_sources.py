@@ -70,7 +70,18 @@ def tau_partner(prompts: list, pairs: int = 1) -> list[list[int]]:
     return partners
 
 
-@torch.no_grad()
+NEAR_CHANCE = 0.6  # validation pairwise accuracy below which a scorer is mostly noise to a policy that chases it
+
+
+def warn_if_near_chance(meta, folder: str) -> None:
+    """A GVM or reward model that ranks pairs barely better than a coin gives the policy a signal it can only
+    exploit (lab 2: a GVM at 55% took DVPO below SFT); say so before the run, whatever the normalisation."""
+    if meta.validation_accuracy is not None and meta.validation_accuracy < NEAR_CHANCE:
+        logger.warning("%s ranks only %.1f%% of its validation pairs right (near chance): the policy will mostly "
+                       "follow its errors; a better scorer (more data, a larger model, more epochs) helps more "
+                       "than RL settings", folder, 100 * meta.validation_accuracy)
+
+
 def signal_weight(meta, folder: str, option: str) -> float:
     """`reliability_weight` of a trained scorer (GVM or reward model) from the validation accuracy it
     was selected by; logged, and a clear error when it was trained without a validation split."""
@@ -86,6 +97,7 @@ def signal_weight(meta, folder: str, option: str) -> float:
     return weight
 
 
+@torch.no_grad()
 def reward_scores(reward_model, rows: list[tuple[list[int], list[int]]], normalize: bool = True,
                   weight: float = 1.0) -> torch.Tensor:
     """The reward model's score of each (prompt ids, response ids) row, as a float tensor on the CPU;

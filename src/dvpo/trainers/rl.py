@@ -36,7 +36,8 @@ from dvpo.eval.rl_eval import PromptScorer
 from dvpo.models.loading import load_causal_lm, load_tokenizer
 from dvpo.rollout.experience import build_sequences, frozen_logprobs, response_logprobs
 from dvpo.rollout.sampling import SharedNoise, sample
-from dvpo.trainers.advantage_sources import DvpoSource, GrpoSource, PpoSource, RemaxSource, Rollout, signal_weight
+from dvpo.trainers.advantage_sources import (DvpoSource, GrpoSource, PpoSource, RemaxSource, Rollout, signal_weight,
+                                             warn_if_near_chance)
 from dvpo.distributed import BatchStats, deepspeed_requested, make_accelerator, parameters_held, shard_bounds
 from dvpo.trainers.common import write_process_record
 from dvpo.trainers.metrics import peak_memory_bytes
@@ -95,6 +96,7 @@ def build_source(cfg: RlConfig, device, policy, reference, tokenizer):
         if share:
             logger.info("the GVM (a LoRA adapter on %s) and the reference share one frozen backbone", cfg.policy)
             reference = AdapterOff(reference, adapters=gvm.model)
+        warn_if_near_chance(gvm.meta, cfg.gvm)
         weight = (signal_weight(gvm.meta, cfg.gvm, "--dvpo-normalization")
                   if cfg.dvpo_normalization == "reliability" else 1.0)
         return DvpoSource(gvm, cfg.dvpo_advantage, cfg.dvpo_normalization, cfg.gamma, cfg.gae_lambda,
@@ -105,6 +107,7 @@ def build_source(cfg: RlConfig, device, policy, reference, tokenizer):
     from dvpo.models.value_model import build_value_model
 
     reward_model = load_reward_model(cfg.reward_model, device=device, dtype=cfg.dtype)
+    warn_if_near_chance(reward_model.meta, cfg.reward_model)
     normalize = cfg.reward_normalization in ("stored", "reliability")
     weight = (signal_weight(reward_model.meta, cfg.reward_model, "--reward-normalization")
               if cfg.reward_normalization == "reliability" else 1.0)
