@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=None, help="default: the recipe's")
     parser.add_argument("--work", required=True, help="folder for the labs and the GVMs (reused when re-run)")
     parser.add_argument("--output", required=True)
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the tables from the cells already in --output; train nothing")
     args = parser.parse_args()
     setup_logging()
     output = Path(args.output)
@@ -75,12 +77,13 @@ def main() -> None:
     variants = list(itertools.product(TAU, TD_LAMBDA, NORMALIZATION))
     for task, seed, (tau, lam, norm) in itertools.product(args.tasks, args.seeds, variants):
         key = f"{task}/{seed}/{variant_name(tau, lam, norm)}"
-        if key not in results:
+        if key not in results and not args.report_only:
             results[key] = run_cell(Path(args.work), task, seed, tau, lam, norm, args.epochs)
             output.write_text(json.dumps({"settings": vars(args), "results": results}, indent=2))
     lines = ["GVM ablation: pairwise accuracy (mean aggregation) on the validation split that picks the "
              "checkpoint, and on held-out test pairs; mean ± std over seeds "
-             f"{', '.join(map(str, args.seeds))}; command in the script's docstring.", "",
+             f"{', '.join(map(str, args.seeds))} (the last column: how many finished); command in the script's "
+             "docstring.", "",
              "| task | variant | validation | test | seeds |", "| --- | --- | --- | --- | --- |"]
     for task, (tau, lam, norm) in itertools.product(args.tasks, variants):
         cells = [results[k] for k in results if k.startswith(f"{task}/") and k.endswith(variant_name(tau, lam, norm))]
