@@ -288,15 +288,15 @@ class GrpoSource:
     trainable: list = []
     whiten_default = False
 
-    def __init__(self, reward_model, group_size: int, normalize: bool = True, weight: float = 1.0):
-        self.reward_model, self.samples_per_prompt = reward_model, group_size
-        self.normalize, self.weight = normalize, weight
+    def __init__(self, reward_model, group_size: int, normalize: bool = True):
+        # no reliability weight: the group standardisation below would cancel it
+        self.reward_model, self.samples_per_prompt, self.normalize = reward_model, group_size, normalize
 
     @torch.no_grad()
     def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience:
         seq = rollout.seq
         mask = seq.response_mask
-        scores = reward_scores(self.reward_model, unpadded_rows(seq), self.normalize, self.weight).to(mask.device)
+        scores = reward_scores(self.reward_model, unpadded_rows(seq), self.normalize).to(mask.device)
         advantages = group_normalized_advantages(scores, self.samples_per_prompt)
         return Experience(broadcast_sequence_advantage(advantages, mask), {"reward_mean": scores.mean().item()})
 

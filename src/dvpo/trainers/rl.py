@@ -109,10 +109,10 @@ def build_source(cfg: RlConfig, device, policy, reference, tokenizer):
     reward_model = load_reward_model(cfg.reward_model, device=device, dtype=cfg.dtype)
     warn_if_near_chance(reward_model.meta, cfg.reward_model)
     normalize = cfg.reward_normalization in ("stored", "reliability")
+    if cfg.algo == "grpo":
+        return GrpoSource(reward_model, cfg.group_size, normalize), reference
     weight = (signal_weight(reward_model.meta, cfg.reward_model, "--reward-normalization")
               if cfg.reward_normalization == "reliability" else 1.0)
-    if cfg.algo == "grpo":
-        return GrpoSource(reward_model, cfg.group_size, normalize, weight), reference
     if cfg.algo == "remax":
         return RemaxSource(reward_model, policy, tokenizer, cfg.max_new_tokens, kl_in_reward, normalize,
                            weight), reference
