@@ -68,11 +68,11 @@ def test_a_small_comparison_writes_the_report_and_resumes(tmp_path):
         assert (tmp_path / name).exists(), name
     assert "Quality (Table 1)" in (tmp_path / "report.md").read_text()
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert again.returncode == 0 and "compare: sft (log" not in again.stderr  # finished runs are reused
+    assert again.returncode == 0 and "stage sft started" not in again.stderr  # finished runs are reused
 
 
 def test_a_run_folder_is_reused_only_with_the_same_settings(tmp_path):
-    from dvpo.compare import check_same_settings
+    from dvpo.stage_runner import check_same_settings
     from dvpo.config import save_config
     from dvpo.configs import RlConfig
 

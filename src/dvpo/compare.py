@@ -5,9 +5,10 @@ GRPO (same prompts, same samples per step, same RL settings) and DPO (offline, o
 split's best-vs-worst pairs); every model is judged on held-out prompts against that seed's SFT
 samples, and one report is written (see `dvpo.eval.compare_report`).
 
-Each training run is a `dvpo <stage> --config FILE` subprocess: a process's peak resident set
-only grows, so a run's peak memory is its own only in its own process; its options sit on disk
-next to its log. Finished runs are reused, so re-running an interrupted comparison resumes it.
+Each training run is a `dvpo <stage> --config FILE` subprocess (`dvpo.stage_runner`), so its peak
+memory is its own; independent runs (the GVM and the reward model, then every method and seed)
+share the cores, `--jobs` at a time. Finished runs are reused, so re-running an interrupted
+comparison resumes it.
 """
 
 from __future__ import annotations
@@ -15,26 +16,19 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import subprocess
-import sys
-import time
-from dataclasses import asdict
 from pathlib import Path
-
-import yaml
 
 from tqdm.auto import tqdm
 
 from dvpo.config import ConfigError, apply_overrides, save_config
 from dvpo.configs import COMPARE_METHODS, CompareConfig
 from dvpo.data.formats import load_rows
-from dvpo.errors import StageFailed
 from dvpo.eval.compare_report import write_report
 from dvpo.eval.gvm_accuracy import evaluate_gvm
 from dvpo.eval.rl_eval import is_lab_prompt
 from dvpo.pipeline import FULL, QUICK, LabBudget, Timer, dpo_config, gvm_config, judge_model, prepare_lab, \
     rl_config, rm_config, sft_config
-from dvpo.trainers.run_dir import is_complete
+from dvpo.stage_runner import StageRunner
 
 logger = logging.getLogger(__name__)
 
@@ -57,52 +51,6 @@ LAB_JUDGE = ("Judge: the lab's ground truth on held-out prompts, 4 samples each 
 LLM_JUDGE = ("Judge: {model} at {endpoint} with the paper's Appendix D prompt (0-5), one sample per held-out "
              "prompt; win rate from pairwise verdicts in randomised order against the same seed's SFT sample "
              "(ties count half).")
-
-
-class StageRunner:
-    """Runs stages as `dvpo` subprocesses, skipping finished ones, and keeps their wall-clock seconds."""
-
-    def __init__(self, root: Path, overrides: dict, total: int):
-        self.logs = root / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.seconds_file = root / "stage_seconds.json"
-        self.seconds = json.loads(self.seconds_file.read_text()) if self.seconds_file.exists() else {}
-        self.overrides = overrides
-        self.progress = tqdm(total=total, desc="compare", unit="run")
-
-    def __call__(self, name: str, stage: str, stage_cfg) -> Path:
-        stage_cfg = apply_overrides(stage_cfg, self.overrides.get(stage, {}), f"overrides: {stage}")
-        out = Path(stage_cfg.out)
-        check_same_settings(out, stage_cfg)
-        if not is_complete(out):
-            self.progress.set_postfix_str(name)
-            config_file, log = self.logs / f"{name}.yaml", self.logs / f"{name}.log"
-            save_config(stage_cfg, config_file)
-            logger.info("compare: %s (log: %s)", name, log)
-            started = time.perf_counter()
-            with open(log, "a", encoding="utf-8") as sink:
-                returncode = subprocess.run([sys.executable, "-m", "dvpo", stage, "--config", str(config_file)],
-                                            stdout=sink, stderr=subprocess.STDOUT).returncode
-            if returncode != 0:
-                tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
-                raise StageFailed(f"{name} failed with exit code {returncode}; log {log}:\n{tail}")
-            self.seconds[name] = round(time.perf_counter() - started, 1)
-            self.seconds_file.write_text(json.dumps(self.seconds, indent=2))
-        self.progress.update()
-        return out
-
-
-def check_same_settings(out: Path, stage_cfg) -> None:
-    """A run folder is reused only for the same options: a report must not label old runs with new settings."""
-    saved = out / "dvpo_config.yaml"
-    if not saved.is_file():
-        return
-    before = {k: v for k, v in yaml.safe_load(saved.read_text()).items() if k != "overwrite"}
-    now = {k: v for k, v in asdict(stage_cfg).items() if k != "overwrite"}
-    changed = sorted(k for k in now.keys() | before.keys() if before.get(k) != now.get(k))
-    if changed:
-        raise ConfigError(f"{out} was trained with other settings ({', '.join(changed)}); pass --overwrite to "
-                          "start the comparison afresh, or choose another --out")
 
 
 def method_config(method: str, sft: Path, gvm: Path, rm: Path, data: Path, out: Path, budget: LabBudget,
@@ -194,17 +142,25 @@ def run_compare(cfg: CompareConfig) -> dict:
     judge = pick_judge(cfg, data, rl_settings.max_new_tokens)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     need_gvm, need_rm = "dvpo" in cfg.methods, any(m in NEEDS_RM for m in cfg.methods)
-    run = StageRunner(root, cfg.overrides, total=1 + need_gvm + need_rm + len(seeds) * len(cfg.methods))
+    run = StageRunner(root, cfg.overrides, total=1 + need_gvm + need_rm + len(seeds) * len(cfg.methods),
+                      jobs=cfg.jobs, desc="compare")
 
     sft = run("sft", "sft", sft_config(base, data, root / "sft", budget, cfg.seed))
-    gvm = run("gvm", "gvm", gvm_config(sft, data, root / "gvm", budget, cfg.seed)) if need_gvm else None
-    rm = run("rm", "rm", rm_config(sft, data, root / "rm", budget, cfg.seed)) if need_rm else None
+    gvm, rm = (root / "gvm" if need_gvm else None), (root / "rm" if need_rm else None)
+    scorers = []
+    if gvm:
+        scorers.append(("gvm", "gvm", gvm_config(sft, data, gvm, budget, cfg.seed)))
+    if rm:
+        scorers.append(("rm", "rm", rm_config(sft, data, rm, budget, cfg.seed)))
+    run.together(scorers)
+    grid = [(seed, method) for seed in seeds for method in cfg.methods]
+    outs = run.together([(f"seed{seed}-{method}",
+                          *method_config(method, sft, gvm, rm, data, root / f"seed{seed}" / method, budget, seed))
+                         for seed, method in grid])
     runs: dict[str, dict[int, Path]] = {m: {} for m in cfg.methods}
-    for seed in seeds:
-        for method in cfg.methods:
-            stage, stage_cfg = method_config(method, sft, gvm, rm, data, root / f"seed{seed}" / method, budget, seed)
-            runs[method][seed] = run(f"seed{seed}-{method}", stage, stage_cfg)
-    run.progress.close()
+    for (seed, method), out in zip(grid, outs):
+        runs[method][seed] = out
+    run.close()
 
     prompts = data / "test_prompts.jsonl"
     scores: dict[str, dict[int, dict]] = {"sft": {}, **{m: {} for m in cfg.methods}}

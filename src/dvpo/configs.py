@@ -95,6 +95,8 @@ class DemoConfig:
     quick: bool = option(False, help="a smaller, faster run (under 3 minutes on 2 CPU cores)")
     seed: int = option(0, help="seed of data, initialisation and training")
     overwrite: bool = option(False, help="start afresh instead of reusing finished stages in --out")
+    jobs: int = option(0, help="independent runs trained at once, sharing the threads equally (0: one per "
+                       "thread of OMP_NUM_THREADS, else of the CPU cores)")
     task: str = option("digits", help="lab task whose data the demo generates (dvpo.lab.tasks)",
                        choices=["digits", "arith"])
 
@@ -119,6 +121,8 @@ class CompareConfig:
     judge_model: str | None = option(None, help="model name at --judge-endpoint")
     seed: int = option(0, help="seed of data, initialisation, SFT, GVM and RM; run seeds are seed..seed+N-1")
     overwrite: bool = option(False, help="start afresh instead of reusing finished runs in --out")
+    jobs: int = option(0, help="independent runs trained at once, sharing the threads equally (0: one per "
+                       "thread of OMP_NUM_THREADS, else of the CPU cores)")
     task: str = option("digits", help="lab task whose data is generated when --data is not given "
                        "(dvpo.lab.tasks)", choices=["digits", "arith"])
 

@@ -3,9 +3,10 @@
 Stages: lab data -> tokenizer + fresh Llama -> SFT -> GVM (and its accuracy table) -> reward
 model -> DVPO and PPO from the same SFT model with the same RL settings -> judge every model on
 held-out prompts. Each stage writes its own folder under --out and is skipped when that folder
-holds a finished run, so an interrupted demo picks up where it stopped. Scores are of samples at
-temperature 1: that is the policy RL optimises (greedy decoding would hide what SFT has and has
-not learned). The lab settings (configs/recipes/small/*.yaml) suit a ~2M-parameter model trained
+holds a finished run, so an interrupted demo picks up where it stopped. Training runs are
+subprocesses (`dvpo.stage_runner`, logs in --out/logs): the GVM and the reward model train at the
+same time, then DVPO and PPO, sharing the cores. Scores are of samples at temperature 1: that is
+the policy RL optimises (greedy decoding would hide what SFT has and has not learned). The lab settings (configs/recipes/small/*.yaml) suit a ~2M-parameter model trained
 from scratch; the CLI's own defaults are the paper's, for real models.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,11 +25,7 @@ from dvpo.eval.lab_judge import policy_scores
 from dvpo.eval.plots import plot_runs
 from dvpo.pipeline import EVAL_SAMPLES, FULL, QUICK, Timer, gvm_config, judge_model, prepare_lab, rl_config, \
     rm_config, sft_config
-from dvpo.trainers.gvm import run_gvm
-from dvpo.trainers.rl import run_rl
-from dvpo.trainers.rm import run_rm
-from dvpo.trainers.run_dir import is_complete
-from dvpo.trainers.sft import run_sft
+from dvpo.stage_runner import StageRunner
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +35,18 @@ def run_demo(cfg: DemoConfig) -> dict:
     root = Path(cfg.out)
     if cfg.overwrite and root.exists():
         shutil.rmtree(root)
+    started = time.perf_counter()
     timer = Timer()
     data, init_dir = prepare_lab(root, budget, cfg.seed, timer, task=cfg.task)
     sft_dir, gvm_dir, rm_dir = root / "sft", root / "gvm", root / "rm"
-    stages = {
-        "sft": (run_sft, sft_config(init_dir, data, sft_dir, budget, cfg.seed)),
-        "gvm": (run_gvm, gvm_config(sft_dir, data, gvm_dir, budget, cfg.seed)),
-        "rm": (run_rm, rm_config(sft_dir, data, rm_dir, budget, cfg.seed)),
-        "dvpo": (run_rl, rl_config("dvpo", sft_dir, data, root / "dvpo", budget, cfg.seed, gvm=str(gvm_dir))),
-        "ppo": (run_rl, rl_config("ppo", sft_dir, data, root / "ppo", budget, cfg.seed, reward_model=str(rm_dir))),
-    }
-    for name, (run, stage_cfg) in stages.items():
-        if not is_complete(stage_cfg.out):
-            timer(name, run, stage_cfg)
+    run = StageRunner(root, {}, total=5, jobs=cfg.jobs, desc="demo")
+    run("sft", "sft", sft_config(init_dir, data, sft_dir, budget, cfg.seed))
+    run.together([("gvm", "gvm", gvm_config(sft_dir, data, gvm_dir, budget, cfg.seed)),
+                  ("rm", "rm", rm_config(sft_dir, data, rm_dir, budget, cfg.seed))])
+    run.together([("dvpo", "rl", rl_config("dvpo", sft_dir, data, root / "dvpo", budget, cfg.seed, gvm=str(gvm_dir))),
+                  ("ppo", "rl", rl_config("ppo", sft_dir, data, root / "ppo", budget, cfg.seed,
+                                          reward_model=str(rm_dir)))])
+    run.close()
     gvm_accuracy = timer("eval-gvm", evaluate_gvm, str(gvm_dir), str(data / "rated_test.jsonl"), seed=cfg.seed)
     rm_accuracy = json.loads((rm_dir / "dvpo_complete.json").read_text())["eval_accuracy"]
     models = {"untrained": init_dir, "sft": sft_dir, "dvpo": root / "dvpo", "ppo": root / "ppo"}
@@ -62,7 +59,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     report = {"task": cfg.task, "budget": asdict(budget), "scores": scores, "behaviour_policies": behaviour,
               "gvm_accuracy": gvm_accuracy, "rm_accuracy": rm_accuracy,
               "rl_last_step": {algo: last_step(root / algo / "metrics.jsonl") for algo in ("dvpo", "ppo")},
-              "seconds": timer.seconds}
+              "seconds": {**run.seconds, **timer.seconds}, "wall_seconds": round(time.perf_counter() - started, 1)}
     (root / "report.json").write_text(json.dumps(report, indent=2))
     text = format_demo_report(report)
     (root / "report.md").write_text(text)
@@ -93,6 +90,8 @@ def format_demo_report(report: dict) -> str:
                 f"{r['kl_coef']:.3f}" for algo, r in report.get("rl_last_step", {}).items()),
               f"Reward model held-out pairwise accuracy: {100 * report['rm_accuracy']:.1f}%", "",
               format_table(report["gvm_accuracy"]),
-              "Stage seconds: " + ", ".join(f"{k} {v}" for k, v in report["seconds"].items()),
+              "Stage seconds: " + ", ".join(f"{k} {v}" for k, v in report["seconds"].items())
+              + (f" (GVM with RM, DVPO with PPO at the same time); {report['wall_seconds']} s in all"
+                 if "wall_seconds" in report else ""),
               "Learning curves: learning_curves.png"]
     return "\n".join(lines) + "\n"
