@@ -11,7 +11,7 @@ import yaml
 
 from dvpo.cli import main
 from dvpo.configs import DpoConfig, GenerateConfig, GvmConfig, RlConfig, RmConfig, SftConfig
-from dvpo.pipeline import FULL, QUICK, RECIPES, dpo_config, gvm_config, recipe, rl_config, rm_config, sft_config
+from dvpo.pipeline import DEMO, FULL, QUICK, RECIPES, dpo_config, gvm_config, recipe, rl_config, rm_config, sft_config
 
 REPO_RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "small"
 STAGES = {"sft": SftConfig, "gvm": GvmConfig, "rm": RmConfig, "rl": RlConfig, "dpo": DpoConfig,
@@ -41,6 +41,8 @@ def test_the_pipeline_trains_every_stage_with_its_recipe(tmp_path):
             assert getattr(config, key) == pytest.approx(value), (stage, key)
         assert config.seed == 3
     assert rl_config("ppo", *paths[:3], QUICK, 0, reward_model="r").steps == 40  # the quick budget's change
+    demo = (*paths[:3], DEMO, 0)  # the demo: the GVM and RM on 2/3 of their steps, still as many as each other
+    assert (gvm_config(*demo).epochs, rm_config(*demo).epochs, rl_config("dvpo", *demo, gvm="g").steps) == (2, 0.67, 150)
 
 
 def test_a_stage_runs_from_its_recipe_with_command_line_options_winning(tiny_model, lab_data, tmp_path):

@@ -28,7 +28,7 @@ from dvpo.eval.gvm_accuracy import evaluate_gvm
 from dvpo.eval.rl_eval import is_lab_prompt
 from dvpo.pipeline import FULL, QUICK, LabBudget, Timer, dpo_config, gvm_config, judge_model, prepare_lab, \
     rl_config, rm_config, sft_config
-from dvpo.stage_runner import StageRunner
+from dvpo.stage_runner import StageRunner, thread_budget
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,8 @@ def run_compare(cfg: CompareConfig) -> dict:
         dpo_epochs=dpo.epochs, dpo_beta=dpo.beta,
         dpo_lr=dpo.learning_rate) + " " + (
         LAB_JUDGE if judge is judge_model else LLM_JUDGE.format(model=cfg.judge_model, endpoint=cfg.judge_endpoint))
+    settings += (f" Independent runs trained {run.jobs} at a time with {max(1, thread_budget() // run.jobs)} "
+                 "torch thread(s) each, so times per step are of that sharing.")
     if cfg.overrides:
         settings += f" Overrides of these settings: {json.dumps(cfg.overrides)}."
     return write_report(root, cfg, budget, seeds, scores, runs, gvm_accuracy, rm_accuracy,

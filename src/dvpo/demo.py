@@ -5,7 +5,8 @@ model -> DVPO and PPO from the same SFT model with the same RL settings -> judge
 held-out prompts. Each stage writes its own folder under --out and is skipped when that folder
 holds a finished run, so an interrupted demo picks up where it stopped. Training runs are
 subprocesses (`dvpo.stage_runner`, logs in --out/logs): the GVM and the reward model train at the
-same time, then DVPO and PPO, sharing the cores. Scores are of samples at temperature 1: that is
+same time, then DVPO and PPO, sharing the cores; the GVM and the reward model train for 2/3 of their
+recipes' steps (`DEMO`), so that install and demo fit 10 minutes on 2 cores. Scores are of samples at temperature 1: that is
 the policy RL optimises (greedy decoding would hide what SFT has and has not learned). The lab settings (configs/recipes/small/*.yaml) suit a ~2M-parameter model trained
 from scratch; the CLI's own defaults are the paper's, for real models.
 """
@@ -23,7 +24,7 @@ from dvpo.configs import DemoConfig
 from dvpo.eval.gvm_accuracy import evaluate_gvm, format_table
 from dvpo.eval.lab_judge import policy_scores
 from dvpo.eval.plots import plot_runs
-from dvpo.pipeline import EVAL_SAMPLES, FULL, QUICK, Timer, gvm_config, judge_model, prepare_lab, rl_config, \
+from dvpo.pipeline import DEMO, EVAL_SAMPLES, QUICK, Timer, gvm_config, judge_model, prepare_lab, rl_config, \
     rm_config, sft_config
 from dvpo.stage_runner import StageRunner
 
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    budget = QUICK if cfg.quick else FULL
+    budget = QUICK if cfg.quick else DEMO
     root = Path(cfg.out)
     if cfg.overwrite and root.exists():
         shutil.rmtree(root)

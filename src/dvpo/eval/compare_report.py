@@ -150,7 +150,7 @@ def format_report(report: dict) -> str:
         lines.append(f"| {NAMES[method]} | {row['mean']:.2f} ± {row['std']:.2f} | "
                      f"{', '.join(f'{v:.2f}' for v in row['per_seed'])} | {win} |")
     lines += ["", "Paper's ordering on this data:", *[f"- {line}" for line in report["ordering"]], "",
-              "## Efficiency (Table 3): mean over seeds of each run, same machine, one run at a time", "",
+              "## Efficiency (Table 3): mean over seeds of each run, same machine (how many runs shared it: Settings)", "",
               "| method | peak memory MiB | × PPO | s/step (median) | × PPO | generation / forward / update s "
               "| best held-out step | training s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for method, row in e.items():
