@@ -65,6 +65,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["digits"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--tau", nargs="+", default=list(TAU), choices=TAU,
+                        help="train only these tau variants (two processes can then split the grid)")
     parser.add_argument("--epochs", type=float, default=None, help="default: the recipe's")
     parser.add_argument("--work", required=True, help="folder for the labs and the GVMs (reused when re-run)")
     parser.add_argument("--output", required=True)
@@ -74,7 +76,7 @@ def main() -> None:
     setup_logging()
     output = Path(args.output)
     results = json.loads(output.read_text())["results"] if output.exists() else {}
-    variants = list(itertools.product(TAU, TD_LAMBDA, NORMALIZATION))
+    variants = list(itertools.product(args.tau, TD_LAMBDA, NORMALIZATION))
     for task, seed, (tau, lam, norm) in itertools.product(args.tasks, args.seeds, variants):
         key = f"{task}/{seed}/{variant_name(tau, lam, norm)}"
         if key not in results and not args.report_only:
