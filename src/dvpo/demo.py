@@ -5,10 +5,11 @@ model -> DVPO and PPO from the same SFT model with the same RL settings -> judge
 held-out prompts. Each stage writes its own folder under --out and is skipped when that folder
 holds a finished run, so an interrupted demo picks up where it stopped. Training runs are
 subprocesses (`dvpo.stage_runner`, logs in --out/logs): the GVM and the reward model train at the
-same time, then DVPO and PPO, sharing the cores; the GVM and the reward model train for 2/3 of their
-recipes' steps (`DEMO`), so that install and demo fit 10 minutes on 2 cores. Scores are of samples at temperature 1: that is
-the policy RL optimises (greedy decoding would hide what SFT has and has not learned). The lab settings (configs/recipes/small/*.yaml) suit a ~2M-parameter model trained
-from scratch; the CLI's own defaults are the paper's, for real models.
+same time, then DVPO and PPO, sharing the cores (`--jobs`). The GVM and the reward model train for
+2/3 of their recipes' steps (`DEMO`), so that install and demo fit 10 minutes on 2 cores. Scores
+are of samples at temperature 1: that is the policy RL optimises (greedy decoding would hide what
+SFT has and has not learned). The lab settings (configs/recipes/small/*.yaml) suit a
+~2M-parameter model trained from scratch; the CLI's own defaults are the paper's, for real models.
 """
 
 from __future__ import annotations
@@ -92,7 +93,6 @@ def format_demo_report(report: dict) -> str:
               f"Reward model held-out pairwise accuracy: {100 * report['rm_accuracy']:.1f}%", "",
               format_table(report["gvm_accuracy"]),
               "Stage seconds: " + ", ".join(f"{k} {v}" for k, v in report["seconds"].items())
-              + (f" (GVM with RM, DVPO with PPO at the same time); {report['wall_seconds']} s in all"
-                 if "wall_seconds" in report else ""),
+              + (f"; {report['wall_seconds']} s in all" if "wall_seconds" in report else ""),
               "Learning curves: learning_curves.png"]
     return "\n".join(lines) + "\n"
