@@ -21,16 +21,14 @@ from dvpo.algos.advantages import (
     remax_advantages,
 )
 from dvpo.algos.masked import masked_mean, masked_sum, masked_var, masked_whiten
-from dvpo.algos.pairwise import bradley_terry_loss, dpo_loss
+from dvpo.algos.pairwise import bradley_terry_loss
 from dvpo.algos.ppo import (
     AdaptiveKLController,
     FixedKLController,
     clipped_value_loss,
     entropy_from_logits,
     gae,
-    kl_estimate,
     kl_k1,
-    kl_k2,
     kl_k3,
     logprobs_from_logits,
     per_token_rewards,
@@ -324,35 +322,19 @@ def test_logprobs_and_entropy_match_loop():
 def test_kl_estimators_by_hand_and_unbiasedness():
     logp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])
     assert kl_k1(logp, ref).tolist() == pytest.approx([0.5, -1.0])
-    assert kl_k2(logp, ref).tolist() == pytest.approx([0.125, 0.5])
     assert kl_k3(logp, ref).tolist() == pytest.approx([math.exp(-0.5) + 0.5 - 1, math.exp(1.0) - 1.0 - 1])
-    assert kl_estimate(logp, ref, "k3").tolist() == kl_k3(logp, ref).tolist()
-    with pytest.raises(ValueError):
-        kl_estimate(logp, ref, "k4")
     # exact expectations under pi of a small categorical: k1 and k3 are unbiased for KL(pi||ref)
     p = torch.tensor([0.5, 0.3, 0.2], dtype=D)
     q = torch.tensor([0.4, 0.4, 0.2], dtype=D)
     kl = (p * (p / q).log()).sum()
     assert (p * kl_k1(p.log(), q.log())).sum().item() == pytest.approx(kl.item(), rel=1e-12)
     assert (p * kl_k3(p.log(), q.log())).sum().item() == pytest.approx(kl.item(), rel=1e-12)
-    assert (p * kl_k2(p.log(), q.log())).sum().item() == pytest.approx(kl.item(), rel=0.1)
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.floats(-20, 20), st.floats(-20, 20))
 def test_k3_nonnegative(a, b):
     assert kl_k3(torch.tensor([a], dtype=D), torch.tensor([b], dtype=D)).item() >= 0.0
-    assert kl_k2(torch.tensor([a], dtype=D), torch.tensor([b], dtype=D)).item() >= 0.0
-
-
-def test_kl_estimators_agree_to_second_order():
-    d = torch.tensor([1e-1, 1e-2, 1e-3, -1e-2], dtype=D)
-    logp = torch.zeros_like(d)
-    ref = d  # ref_logp - logp = d
-    k2, k3 = kl_k2(logp, ref), kl_k3(logp, ref)
-    # k3 = d^2/2 + d^3/6 + ... : differs from k2 only at third order
-    assert torch.all((k3 - k2).abs() <= d.abs() ** 3 / 6 * 1.1)
-    assert torch.all(k3 > 0)
 
 
 # ----------------------------------------------------------------------------- PPO losses
@@ -472,10 +454,10 @@ def test_dvpo_value_advantages_batch_and_stored():
     a = dvpo_value_advantages(q, m, mode="batch")
     valid = a[m.bool()].numpy()
     qv = q[m.bool()].numpy()
-    np.testing.assert_allclose(valid, (qv - qv.mean()) / (qv.std() + 1e-8), rtol=1e-12)
+    np.testing.assert_allclose(valid, (qv - qv.mean()) / (qv.std() + 1e-6), rtol=1e-12)
     assert torch.all(a[m == 0] == 0)
     s = dvpo_value_advantages(q, m, mode="stored", mean=1.0, std=2.0)
-    np.testing.assert_allclose(s[m.bool()].numpy(), (qv - 1.0) / (2.0 + 1e-8), rtol=1e-12)
+    np.testing.assert_allclose(s[m.bool()].numpy(), (qv - 1.0) / (2.0 + 1e-6), rtol=1e-12)
     assert torch.all(s[m == 0] == 0)
     with pytest.raises(ValueError):
         dvpo_value_advantages(q, m, mode="stored")
@@ -533,26 +515,6 @@ def test_bradley_terry_by_hand():
     assert c.grad.tolist() == pytest.approx([-(1 - sig(1.0)) / 2, -(1 - sig(0.0)) / 2], rel=1e-6)
     m = bradley_terry_loss(torch.tensor([2.0]), torch.tensor([1.0]), margin=torch.tensor([1.0]))
     assert m.item() == pytest.approx(math.log(2), rel=1e-6)
-
-
-def test_dpo_loss_by_hand():
-    pc = torch.tensor([-1.0, -5.0], requires_grad=True)
-    pr = torch.tensor([-3.0, -4.0])
-    rc = torch.tensor([-2.0, -5.0])
-    rr = torch.tensor([-2.0, -5.0])
-    loss, cr, rj = dpo_loss(pc, pr, rc, rr, beta=0.1)
-    # pair 1: h = 0.1 * ((1) - (-1)) = 0.2; pair 2: h = 0.1 * (0 - 1) = -0.1
-    expected = (math.log(1 + math.exp(-0.2)) + math.log(1 + math.exp(0.1))) / 2
-    assert loss.item() == pytest.approx(expected, rel=1e-6)
-    assert cr.tolist() == pytest.approx([0.1, 0.0]) and rj.tolist() == pytest.approx([-0.1, 0.1])
-    assert not cr.requires_grad and not rj.requires_grad
-    loss.backward()
-    assert pc.grad is not None
-    ls, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.1, label_smoothing=0.1)
-    h1, h2 = 0.2, -0.1
-    lsig = lambda z: -math.log(1 + math.exp(-z))  # noqa: E731
-    exp_ls = sum(-(0.9) * lsig(h) - 0.1 * lsig(-h) for h in (h1, h2)) / 2
-    assert ls.item() == pytest.approx(exp_ls, rel=1e-6)
 
 
 def test_prompt_relative_scores_by_hand():

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from dvpo.config import ConfigError
-from dvpo.configs import CompareConfig
+from dvpo.errors import ConfigError
+from dvpo.stage_options import CompareConfig
 from dvpo.compare import check_options
 from dvpo.eval.compare_report import ordering, quality, run_efficiency
 
@@ -73,8 +73,8 @@ def test_a_small_comparison_writes_the_report_and_resumes(tmp_path):
 
 def test_a_run_folder_is_reused_only_with_the_same_settings(tmp_path):
     from dvpo.stage_runner import check_same_settings
-    from dvpo.config import save_config
-    from dvpo.configs import RlConfig
+    from dvpo.options import save_config
+    from dvpo.stage_options import RlConfig
 
     cfg = RlConfig(algo="dvpo", policy="p", prompts="x.jsonl", out=str(tmp_path), steps=10)
     check_same_settings(tmp_path, cfg)  # nothing saved yet

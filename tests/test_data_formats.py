@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dvpo.data import formats
-from dvpo.data.formats import KINDS, DataError, load_rows, validate_row
+from dvpo.data.formats import KINDS, load_rows, validate_row
+from dvpo.errors import DataError
 from dvpo.data.jsonl import write_jsonl
 
 CONVERSATION = [
@@ -245,7 +246,8 @@ def test_valid_rows_pass_unchanged(data, kind, extras):
 
 
 def test_generated_completions_may_be_empty_but_input_completions_may_not(tmp_path):
-    from dvpo.data.formats import DataError, load_rows
+    from dvpo.data.formats import load_rows
+    from dvpo.errors import DataError
 
     path = tmp_path / "gen.jsonl"
     path.write_text('{"prompt": "sort 1 2", "completion": ""}\n')

@@ -108,7 +108,8 @@ def _rl_args(tiny_model, gvm, lab_data, out, *extra):
     return ["rl", "--algo", "dvpo", "--policy", str(tiny_model), "--gvm", str(gvm), "--prompts",
             str(lab_data["prompts"]), "--out", str(out), "--steps", "3", "--rollout-batch-size", "8",
             "--mini-batch-size", "8", "--ppo-epochs", "2", "--learning-rate", "1e-3", "--max-new-tokens", "8",
-            "--save-every", "100", "--eval-prompts", str(lab_data["test_prompts"]), "--eval-every", "3", *extra]
+            "--save-every", "100", "--eval-prompts", str(lab_data["test_prompts"]), "--eval-every", "3",
+            "--score-fn", "dvpo.lab.tasks:judge_completions", *extra]
 
 
 @pytest.mark.slow

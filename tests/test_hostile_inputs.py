@@ -25,7 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dvpo.cli import main
-from dvpo.data.formats import KINDS, DataError, load_rows
+from dvpo.data.formats import KINDS, load_rows
+from dvpo.errors import DataError
 from dvpo.data.jsonl import write_jsonl
 from dvpo.data.tokenize import truncate_prompts
 from dvpo.errors import ModelError

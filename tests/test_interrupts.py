@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dvpo.errors import user_facing_errors
+from dvpo.cli import user_facing_errors
 
 
 def _env() -> dict:

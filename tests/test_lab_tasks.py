@@ -8,11 +8,12 @@ import random
 
 import pytest
 
-from dvpo import configs
+from dvpo import stage_options
 from dvpo.cli import main
 from dvpo.data.jsonl import write_jsonl
 from dvpo.eval.lab_judge import judge_file, policy_scores, score_rows
-from dvpo.eval.rl_eval import PromptScorer, is_lab_prompt
+from dvpo.eval.rl_eval import PromptScorer
+from dvpo.lab.tasks import LAB_SCORE_FN, is_lab_prompt
 from dvpo.lab import arith, tasks
 from dvpo.lab import task as digits
 from dvpo.lab.make_data import make_lab_data
@@ -248,15 +249,14 @@ def test_judge_file_and_scorers_handle_both_tasks(tmp_path):
     ])
     result = judge_file(gen)
     assert result["n"] == 4 and result["mean"] == pytest.approx((10 + 7.5 + 9.5 + 7.5) / 4)
-    scorer = PromptScorer([PROMPT, "sort 7 2 9 4"])
-    assert scorer.active
+    scorer = PromptScorer(LAB_SCORE_FN)  # the lab's judge as the RL loop's monitoring score
     assert scorer.score([PROMPT, "sort 7 2 9 4"], [ANSWER, "2 4 8 9"]) == {"score": pytest.approx(8.75)}
-    assert not PromptScorer(["Write a poem about the sea."]).active
+    assert PromptScorer(None).score([PROMPT], [ANSWER]) == {}
     with pytest.raises(ValueError, match="not a lab prompt"):
         tasks.judge("Write a poem.", "no")
 
 
-@pytest.mark.parametrize("config", [configs.LabDataConfig, configs.DemoConfig, configs.CompareConfig])
+@pytest.mark.parametrize("config", [stage_options.LabDataConfig, stage_options.DemoConfig, stage_options.CompareConfig])
 def test_config_task_choices_match_registry(config):
     field = {f.name: f for f in dataclasses.fields(config)}["task"]
     assert field.default == "digits" and tuple(field.metadata["choices"]) == TASK_NAMES

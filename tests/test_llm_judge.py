@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from dvpo.cli import main
-from dvpo.configs import LlmJudgeConfig
+from dvpo.stage_options import LlmJudgeConfig
 from dvpo.eval.llm_judge import (PAIRWISE_SYSTEM_PROMPT, SYSTEM_PROMPT, EndpointError, ReplyCache, chat_url,
                                  parse_score, run_llm_judge)
 
@@ -320,3 +320,20 @@ def test_cli_end_to_end(endpoint, tmp_path, capsys):
               "--out", str(out)])
     assert exit_.value.code == 2
     assert "HTTP 401" in capsys.readouterr().err
+
+
+def test_rate_scores_samples_with_the_judge_and_keeps_unscored_ones_apart(endpoint, tiny_model, lab_data, tmp_path):
+    """`dvpo rate --judge-endpoint`: the judge's 0-5 becomes the score; a reply without one is kept aside."""
+    import dvpo.rate
+
+    out = tmp_path / "rated.jsonl"
+    prompts = tmp_path / "prompts.jsonl"
+    write_rows(prompts, [{"prompt": "repeat 1 2"}, {"prompt": "sort 3 1 2"}])
+    calls = []
+    endpoint.reply = lambda system, user: (calls.append(user), "Score: 3 ok" if len(calls) % 2 else "no score")[1]
+    main(["rate", "--prompts", str(prompts), "--model", str(tiny_model), "--samples", "2", "--max-new-tokens", "4",
+          "--out", str(out), "--judge-endpoint", endpoint.url, "--judge-model", "judge-model"])
+    rated = [json.loads(line) for line in out.read_text().splitlines()]
+    unscored = [json.loads(line) for line in dvpo.rate.unscored_path(out).read_text().splitlines()]
+    assert len(calls) == 4 and len(rated) + len(unscored) == 4 and len(rated) >= 1 and len(unscored) >= 1
+    assert all(r["score"] == 3 and r["policy"] == tiny_model.name for r in rated)

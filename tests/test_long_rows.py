@@ -23,7 +23,9 @@ from dvpo.models.reward_model import encode_response, load_reward_model
 from dvpo.models.value_model import load_value_model, value_positions
 from dvpo.rollout.experience import build_sequences
 from dvpo.rollout.sampling import SampledBatch
-from dvpo.trainers.advantage_sources import DvpoSource, Rollout, reward_scores
+from dvpo.trainers.sources.base import Rollout
+from dvpo.trainers.sources.dvpo import DvpoSource
+from dvpo.trainers.sources.scoring import reward_scores
 from dvpo.trainers.run_dir import COMPLETE_MARKER
 
 GVM_MAX_LENGTH = 12
@@ -182,7 +184,7 @@ def test_gvm_inputs_of_a_long_rollout_keep_the_prompt_end(short_gvm):
     rollout = Rollout(seq, prompts, texts, prompts, texts, 0, BatchStats())
     for advantage in ("value", "difference", "gae"):
         source = DvpoSource(gvm, advantage, "batch", gamma=1.0, lam=0.95, kl_in_reward=False)
-        ids, attention, starts, lengths = source._gvm_inputs(rollout)
+        ids, attention, starts, lengths = source.gvm_inputs(rollout)
         assert attention.sum(1).max() <= GVM_MAX_LENGTH
         assert lengths.tolist() == [GVM_MAX_LENGTH, 4]  # the long response: max_length - 1 tokens + V(s_1)
         for row, response in enumerate(responses):

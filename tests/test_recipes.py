@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from dvpo.cli import main
-from dvpo.configs import DpoConfig, GenerateConfig, GvmConfig, RlConfig, RmConfig, SftConfig
+from dvpo.stage_options import DpoConfig, GenerateConfig, GvmConfig, RlConfig, RmConfig, SftConfig
 from dvpo.pipeline import DEMO, FULL, QUICK, RECIPES, dpo_config, gvm_config, recipe, rl_config, rm_config, sft_config
 
 REPO_RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "small"
@@ -32,6 +32,8 @@ def test_every_recipe_option_is_a_real_option_of_its_stage(stage):
 
 def test_the_pipeline_trains_every_stage_with_its_recipe(tmp_path):
     paths = (tmp_path / "m", tmp_path / "d", tmp_path / "o", FULL, 3)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "test_prompts.jsonl").write_text('{"prompt": "sort 3 1 2"}\n')
     built = {"sft": sft_config(*paths), "gvm": gvm_config(*paths), "rm": rm_config(*paths),
              "rl": rl_config("dvpo", *paths, gvm="g"), "dpo": dpo_config(*paths)}
     for stage, config in built.items():
@@ -40,7 +42,11 @@ def test_the_pipeline_trains_every_stage_with_its_recipe(tmp_path):
                 continue  # evaluated six times a run, whatever the steps
             assert getattr(config, key) == pytest.approx(value), (stage, key)
         assert config.seed == 3
+    assert built["rl"].score_fn == "dvpo.lab.tasks:judge_completions"  # lab data: the lab's judge monitors
     assert rl_config("ppo", *paths[:3], QUICK, 0, reward_model="r").steps == 40  # the quick budget's change
+    (tmp_path / "d" / "test_prompts.jsonl").write_text('{"prompt": "Write a haiku."}\n')
+    other = rl_config("dvpo", *paths, gvm="g")
+    assert other.score_fn is None and other.eval_prompts is None  # other data: no score to monitor
     demo = (*paths[:3], DEMO, 0)  # the demo: the GVM and RM on 2/3 of their steps, still as many as each other
     assert (gvm_config(*demo).epochs, rm_config(*demo).epochs, rl_config("dvpo", *demo, gvm="g").steps) == (2, 0.67, 150)
 

@@ -14,7 +14,6 @@ from dvpo.data.tokenize import encode_prompt
 from dvpo.models.loading import load_tokenizer
 from dvpo.rollout.experience import build_sequences, frozen_logprobs, response_logprobs
 from dvpo.rollout.sampling import sample
-from dvpo.trainers.advantage_sources import tau_partner
 from dvpo.trainers.rl import batch_prompts
 
 
@@ -24,16 +23,6 @@ def test_prompt_batches_cover_each_pass_once_and_are_seeded():
     assert sorted(first_pass) == prompts
     assert batch_prompts(prompts, 7, 3, seed=1) == batch_prompts(prompts, 7, 3, seed=1)
     assert first_pass != [p for step in range(5) for p in batch_prompts(prompts, step, 2, seed=2)]
-
-
-def test_tau_partner_is_another_prompt():
-    prompts = ["a", "a", "b", "c"]
-    partners = tau_partner(prompts)
-    assert all(len(js) == 1 and prompts[js[0]] != prompts[i] for i, js in enumerate(partners))
-    assert tau_partner(prompts, pairs=2)[0] == [2, 3]  # the next two samples on other prompts
-    assert tau_partner(prompts, pairs=5)[2] == [3, 0, 1]  # at most every other-prompt sample
-    with pytest.raises(ValueError, match="two distinct prompts"):
-        tau_partner(["a", "a"])
 
 
 def test_batched_left_padded_logprobs_match_single_rows(tiny_model):
@@ -83,7 +72,7 @@ def _rl_args(tiny_model, tiny_gvm, lab_data, out, *extra):
     return ["rl", "--algo", "dvpo", "--policy", str(tiny_model), "--gvm", str(tiny_gvm),
             "--prompts", str(lab_data["prompts"]), "--out", str(out), "--steps", "4", "--rollout-batch-size", "4",
             "--mini-batch-size", "2", "--ppo-epochs", "2", "--learning-rate", "1e-3", "--max-new-tokens", "8",
-            "--save-every", "2", *extra]
+            "--save-every", "2", "--score-fn", "dvpo.lab.tasks:judge_completions", *extra]
 
 
 def test_dvpo_runs_logs_and_evaluates(tiny_model, tiny_gvm, lab_data, tmp_path):
@@ -98,6 +87,16 @@ def test_dvpo_runs_logs_and_evaluates(tiny_model, tiny_gvm, lab_data, tmp_path):
     assert "eval_score" in records[1] and "eval_score" not in records[0]
     assert (out / "model.safetensors").exists() and (out / "dvpo_complete.json").exists()
     assert (out / "metrics.png").exists()
+
+
+def test_eval_prompts_without_a_score_function_is_a_clear_error(tiny_model, tiny_gvm, lab_data, tmp_path, capsys):
+    """The loop knows no task: held-out prompts need a function to score them."""
+    args = [a for a in _rl_args(tiny_model, tiny_gvm, lab_data, tmp_path / "x", "--eval-prompts",
+                                str(lab_data["test_prompts"])) if a not in ("--score-fn", "dvpo.lab.tasks:judge_completions")]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2 and "--eval-prompts are scored by --score-fn" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(tiny_model, tiny_gvm, lab_data, tmp_path):
@@ -152,7 +151,8 @@ def tiny_rm(tiny_model, lab_data, tmp_path_factory):
 def _run_reward_algo(algo, tiny_model, tiny_rm, lab_data, out, *extra):
     main(["rl", "--algo", algo, "--policy", str(tiny_model), "--reward-model", str(tiny_rm),
           "--prompts", str(lab_data["prompts"]), "--out", str(out), "--steps", "2", "--rollout-batch-size", "4",
-          "--mini-batch-size", "2", "--ppo-epochs", "1", "--learning-rate", "1e-3", "--max-new-tokens", "8", *extra])
+          "--mini-batch-size", "2", "--ppo-epochs", "1", "--learning-rate", "1e-3", "--max-new-tokens", "8",
+          "--score-fn", "dvpo.lab.tasks:judge_completions", *extra])
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -243,7 +243,7 @@ def test_a_runaway_response_length_stops_the_run_with_exit_code_3(tiny_model, ti
 
 def test_rewards_are_standardised_by_the_reward_models_stored_statistics(tiny_rm, tiny_model):
     from dvpo.models.reward_model import load_reward_model
-    from dvpo.trainers.advantage_sources import reward_scores
+    from dvpo.trainers.sources.scoring import reward_scores
 
     rm = load_reward_model(tiny_rm)
     tokenizer = load_tokenizer(str(tiny_model))
@@ -260,10 +260,10 @@ def test_reliability_weights_a_standardised_signal_by_validation_accuracy(tiny_r
     """`reliability`: the stored standardisation times 2 * validation accuracy - 1, for the RM and the GVM alike."""
     import logging
 
-    from dvpo.config import ConfigError
+    from dvpo.errors import ConfigError
     from dvpo.models.reward_model import load_reward_model
     from dvpo.models.value_model import load_value_model
-    from dvpo.trainers.advantage_sources import reward_scores, signal_weight, warn_if_near_chance
+    from dvpo.trainers.sources.scoring import reward_scores, signal_weight, warn_if_near_chance
 
     rm = load_reward_model(tiny_rm)
     recorded = json.loads((tiny_rm / "dvpo_complete.json").read_text())["validation_accuracy"]
@@ -305,7 +305,8 @@ def test_dvpo_reliability_advantages_are_the_stored_ones_times_the_weight(advant
     from dvpo.distributed import BatchStats
     from dvpo.models.value_model import load_value_model
     from dvpo.rollout.sampling import SampledBatch
-    from dvpo.trainers.advantage_sources import DvpoSource, Rollout
+    from dvpo.trainers.sources.base import Rollout
+    from dvpo.trainers.sources.dvpo import DvpoSource
 
     gvm = load_value_model(tiny_gvm, device="cpu")
     tok = gvm.tokenizer

@@ -7,7 +7,9 @@ import logging
 
 import pytest
 
-from dvpo.trainers.runaway import PolicyRunaway, RunawayGuard
+from dvpo.trainers.runaway import RunawayGuard
+
+from dvpo.errors import PolicyRunaway
 
 
 def _record(step, length, kl):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from dvpo.config import ConfigError
-from dvpo.configs import SftConfig
+from dvpo.errors import ConfigError
+from dvpo.stage_options import SftConfig
 from dvpo.errors import StageFailed
 from dvpo.stage_runner import StageRunner, thread_budget
 from dvpo.trainers.run_dir import mark_complete

@@ -11,9 +11,10 @@ import datasets
 import pytest
 
 from dvpo.cli import main
-from dvpo.config import ConfigError
-from dvpo.configs import UltraFeedbackConfig
-from dvpo.data.formats import DataError, load_rows
+from dvpo.errors import ConfigError
+from dvpo.stage_options import UltraFeedbackConfig
+from dvpo.data.formats import load_rows
+from dvpo.errors import DataError
 from dvpo.data.jsonl import write_jsonl
 from dvpo.data.ultrafeedback import ASPECTS, FILES, SCORES, convert_ultrafeedback
 

@@ -12,39 +12,46 @@ import importlib
 import logging
 import sys
 
-from dvpo import configs
-from dvpo.config import ConfigError, build_parser, resolve
+from dvpo import stage_options
+from dvpo.options import build_parser, resolve
+from dvpo.errors import (MEMORY_ADVICE, ConfigError, DataError, ModelError, PolicyRunaway, RewardFunctionError,
+                         RunComplete, RunInterrupted, StageFailed)
+
+logger = logging.getLogger(__name__)
 
 STAGES: dict[tuple[str, ...], tuple[type, str, str]] = {
-    ("lab", "make-data"): (configs.LabDataConfig, "dvpo.lab.make_data:run_make_data",
+    ("lab", "make-data"): (stage_options.LabDataConfig, "dvpo.lab.make_data:run_make_data",
                            "write the lab's sft, rated, preference and prompt files"),
-    ("lab", "judge"): (configs.LabJudgeConfig, "dvpo.eval.lab_judge:run_judge",
+    ("lab", "judge"): (stage_options.LabJudgeConfig, "dvpo.eval.lab_judge:run_judge",
                        "score generations with the lab's ground-truth judge"),
-    ("data", "ultrafeedback"): (configs.UltraFeedbackConfig, "dvpo.data.ultrafeedback:run_ultrafeedback",
+    ("data", "ultrafeedback"): (stage_options.UltraFeedbackConfig, "dvpo.data.ultrafeedback:run_ultrafeedback",
                                 "convert UltraFeedback rows to rated, SFT and prompt files (the paper's 30/50/20 split)"),
-    ("init",): (configs.InitConfig, "dvpo.models.init:run_init",
+    ("init",): (stage_options.InitConfig, "dvpo.models.init:run_init",
                 "train a tokenizer on local data and write a fresh Llama of a given size"),
-    ("sft",): (configs.SftConfig, "dvpo.trainers.sft:run_sft", "supervised fine-tuning (loss on completions)"),
-    ("generate",): (configs.GenerateConfig, "dvpo.rollout.generate:run_generate",
+    ("sft",): (stage_options.SftConfig, "dvpo.trainers.sft:run_sft", "supervised fine-tuning (loss on completions)"),
+    ("generate",): (stage_options.GenerateConfig, "dvpo.rollout.generate:run_generate",
                     "sample responses to a prompt file"),
-    ("gvm",): (configs.GvmConfig, "dvpo.trainers.gvm:run_gvm",
+    ("rate",): (stage_options.RateConfig, "dvpo.rate:run_rate",
+                "sample responses from one or more models and score them (reward functions, a reward model or an "
+                "LLM judge) into rated data for the GVM"),
+    ("gvm",): (stage_options.GvmConfig, "dvpo.trainers.gvm:run_gvm",
                "train the global value model offline by TD on rated data"),
-    ("rm",): (configs.RmConfig, "dvpo.trainers.rm:run_rm",
+    ("rm",): (stage_options.RmConfig, "dvpo.trainers.rm:run_rm",
               "train a reward model (sequence score, Bradley-Terry loss) on rated or preference pairs"),
-    ("dpo",): (configs.DpoConfig, "dvpo.trainers.dpo:run_dpo",
+    ("dpo",): (stage_options.DpoConfig, "dvpo.trainers.dpo:run_dpo",
                "direct preference optimisation (TRL's DPOTrainer) on preference or rated pairs"),
-    ("rl",): (configs.RlConfig, "dvpo.trainers.rl:run_rl",
-              "online RL on one loop: DVPO (frozen GVM), PPO (reward model + critic), ReMax or GRPO"),
-    ("eval", "gvm"): (configs.GvmEvalConfig, "dvpo.eval.gvm_accuracy:run_eval_gvm",
+    ("rl",): (stage_options.RlConfig, "dvpo.trainers.rl:run_rl",
+              "online RL on one loop: DVPO (frozen GVM), PPO (reward + critic), ReMax, GRPO or RLOO"),
+    ("eval", "gvm"): (stage_options.GvmEvalConfig, "dvpo.eval.gvm_accuracy:run_eval_gvm",
                       "GVM pairwise accuracy on held-out rated data (the paper's Appendix C)"),
-    ("eval", "gvm-tokens"): (configs.GvmTokensConfig, "dvpo.eval.gvm_tokens:run_gvm_tokens",
+    ("eval", "gvm-tokens"): (stage_options.GvmTokensConfig, "dvpo.eval.gvm_tokens:run_gvm_tokens",
                              "render per-token GVM values as HTML and PNG (the paper's Appendix B)"),
-    ("eval", "judge"): (configs.LlmJudgeConfig, "dvpo.eval.llm_judge:run_llm_judge",
+    ("eval", "judge"): (stage_options.LlmJudgeConfig, "dvpo.eval.llm_judge:run_llm_judge",
                         "score generations with an LLM judge on an OpenAI-compatible endpoint "
                         "(the paper's Appendix D)"),
-    ("compare",): (configs.CompareConfig, "dvpo.compare:run_compare",
+    ("compare",): (stage_options.CompareConfig, "dvpo.compare:run_compare",
                    "the paper's comparison: SFT, then DVPO, PPO, ReMax, GRPO and DPO over seeds, one report"),
-    ("demo",): (configs.DemoConfig, "dvpo.demo:run_demo",
+    ("demo",): (stage_options.DemoConfig, "dvpo.demo:run_demo",
                 "the lab end to end: data, init, SFT, generation, judge, report"),
 }
 
@@ -84,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     module_name, function_name = target.split(":")
     run = getattr(importlib.import_module(module_name), function_name)
-    from dvpo.errors import user_facing_errors
     from dvpo.trainers.interrupts import STOP
 
     from dvpo.distributed import end_process_group
@@ -95,6 +101,41 @@ def main(argv: list[str] | None = None) -> int:
         run(cfg)
     end_process_group()
     return 0
+
+
+@contextlib.contextmanager
+def user_facing_errors():
+    """Each expected failure as one line on stderr and its exit code (`dvpo.errors`); `-v` shows tracebacks."""
+    import torch
+
+    try:
+        yield
+    except RunComplete as done:
+        print(f"dvpo: {done}", file=sys.stderr)
+        sys.exit(0)
+    except RunInterrupted as stopped:
+        print(f"dvpo: {stopped}", file=sys.stderr)
+        sys.exit(stopped.exit_code)
+    except KeyboardInterrupt:
+        print("dvpo: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        sys.exit(130)
+    except StageFailed as failed:
+        print(f"dvpo: error: {failed}", file=sys.stderr)
+        sys.exit(1)
+    except PolicyRunaway as error:
+        print(f"dvpo: error: {error}", file=sys.stderr)
+        sys.exit(3)
+    except FloatingPointError as error:
+        print(f"dvpo: error: {error}", file=sys.stderr)
+        sys.exit(3)
+    except (torch.OutOfMemoryError, MemoryError) as error:
+        first_line = (str(error).splitlines() or ["out of memory"])[0]
+        print(f"dvpo: error: out of memory ({first_line}); {MEMORY_ADVICE}", file=sys.stderr)
+        sys.exit(3)
+    except (DataError, ConfigError, ModelError, RewardFunctionError, FileNotFoundError) as error:
+        logger.debug("traceback of the error below", exc_info=True)  # shown with `dvpo -v`
+        print(f"dvpo: error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`dvpo compare`: the paper's comparison in one command, on the lab by default.
 
-SFT, the GVM and the reward model are trained once; then, for each seed, DVPO, PPO, ReMax and
+SFT, the GVM and the reward model are trained once; then, for each seed, DVPO, PPO, ReMax, RLOO and
 GRPO (same prompts, same samples per step, same RL settings) and DPO (offline, on the rated
 split's best-vs-worst pairs); every model is judged on held-out prompts against that seed's SFT
 samples, and one report is written (see `dvpo.eval.compare_report`).
@@ -20,27 +20,30 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from dvpo.config import ConfigError, apply_overrides, save_config
-from dvpo.configs import COMPARE_METHODS, CompareConfig
+from dvpo.options import apply_overrides, save_config
+
+from dvpo.errors import ConfigError
+from dvpo.stage_options import COMPARE_METHODS, CompareConfig
 from dvpo.data.formats import load_rows
 from dvpo.eval.compare_report import write_report
 from dvpo.eval.gvm_accuracy import evaluate_gvm
-from dvpo.eval.rl_eval import is_lab_prompt
+from dvpo.lab.tasks import is_lab_prompt
 from dvpo.pipeline import FULL, QUICK, LabBudget, Timer, dpo_config, gvm_config, judge_model, prepare_lab, \
     rl_config, rm_config, sft_config
 from dvpo.stage_runner import StageRunner, thread_budget
+from dvpo.trainers.sources import SOURCE_NAMES
 
 logger = logging.getLogger(__name__)
 
 DATA_FILES = ("sft.jsonl", "rated.jsonl", "prompts.jsonl", "test_prompts.jsonl", "rated_test.jsonl")
 OVERRIDABLE = ("sft", "gvm", "rm", "rl", "dpo")
-NEEDS_RM = ("ppo", "remax", "grpo")
+NEEDS_RM = tuple(name for name in SOURCE_NAMES if name != "dvpo")  # every RL algorithm but DVPO
 
 
 LAB_SETTINGS = (
     "SFT, the GVM and the reward model are trained once (seed {seed}); each seed then trains every method from "
-    "the same SFT model. DVPO, PPO, ReMax and GRPO share every RL setting: {steps} steps of {batch} samples from "
-    "the same RL prompts (GRPO: groups of {group}), minibatch {mini}, {epochs} PPO epochs, lr {lr:g}, KL "
+    "the same SFT model. DVPO, PPO, ReMax, GRPO and RLOO share every RL setting: {steps} steps of {batch} samples from "
+    "the same RL prompts (GRPO and RLOO: groups of {group}), minibatch {mini}, {epochs} PPO epochs, lr {lr:g}, KL "
     "{kl_coef:g} adaptive towards {kl_target}, up to {new_tokens} new tokens; DVPO's advantage: {dvpo_advantage} "
     "(GVM value normalisation: {dvpo_normalization}), the reward model's scores standardised by its stored "
     "statistics. ReMax also decodes one greedy response per prompt for its baseline. DPO trains offline on the "
@@ -92,7 +95,7 @@ def inputs(cfg: CompareConfig, root: Path, budget: LabBudget, timer: Timer) -> t
 def llm_judge(endpoint: str, judge_model_name: str, max_new_tokens: int):
     """Judge one sample per held-out prompt with an LLM (the paper's Appendix D): its 0-5 score, and with a
     baseline the pairwise win rate in randomised order (ties count half)."""
-    from dvpo.configs import GenerateConfig, LlmJudgeConfig
+    from dvpo.stage_options import GenerateConfig, LlmJudgeConfig
     from dvpo.eval.llm_judge import run_llm_judge
     from dvpo.rollout.generate import run_generate
 

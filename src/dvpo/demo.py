@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from dvpo.configs import DemoConfig
+from dvpo.stage_options import DemoConfig
 from dvpo.eval.gvm_accuracy import evaluate_gvm, format_table
 from dvpo.eval.lab_judge import policy_scores
 from dvpo.eval.plots import plot_runs

@@ -15,6 +15,8 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import InitProcessGroupKwargs
 
+from dvpo.algos.masked import whiten_with
+
 
 def deepspeed_requested() -> bool:
     """True under `accelerate launch --use_deepspeed` (or a config file that selects DeepSpeed)."""
@@ -61,7 +63,7 @@ def fsdp_loading(enabled: bool) -> dict:
     if not enabled:
         return {}
     if deepspeed_requested():
-        from dvpo.config import ConfigError
+        from dvpo.errors import ConfigError
 
         raise ConfigError("--fsdp and a DeepSpeed launch config both shard the model: choose one "
                           "(launch --fsdp with configs/accelerate/ddp.yaml)")
@@ -111,11 +113,11 @@ class BatchStats:
         var = self.sum((((x64 - mean) ** 2) * m).sum().reshape(1))[0] / count
         return mean.to(x.dtype), var.to(x.dtype), count
 
-    def masked_whiten(self, x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    def masked_whiten(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """`dvpo.algos.masked.masked_whiten` (unbiased variance) over the whole batch."""
         mean, var, count = self.masked_moments(x, mask)
         unbiased = var * count / (count - 1).clamp(min=1.0)
-        return (x - mean) * torch.rsqrt(unbiased.to(x.dtype) + eps) * mask.to(x.dtype)
+        return whiten_with(x, mask, mean, unbiased.to(x.dtype))
 
     def mean_of(self, record: dict[str, float]) -> dict[str, float]:
         """Every float of a per-process metrics record averaged over the processes."""

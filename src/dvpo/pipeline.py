@@ -16,9 +16,11 @@ from pathlib import Path
 
 import yaml
 
-from dvpo.config import apply_overrides
-from dvpo.configs import DpoConfig, GenerateConfig, GvmConfig, RlConfig, RmConfig, SftConfig
+from dvpo.options import apply_overrides
+from dvpo.stage_options import DpoConfig, GenerateConfig, GvmConfig, RlConfig, RmConfig, SftConfig
+from dvpo.data.formats import load_rows
 from dvpo.eval.lab_judge import judge_file
+from dvpo.lab.tasks import LAB_SCORE_FN, is_lab_prompt
 from dvpo.lab.make_data import make_lab_data
 from dvpo.models.init import init_model
 from dvpo.rollout.generate import run_generate
@@ -117,10 +119,14 @@ def rm_config(sft: Path, data: Path, out: Path, budget: LabBudget, seed: int) ->
 
 
 def rl_config(algo: str, sft: Path, data: Path, out: Path, budget: LabBudget, seed: int, **source) -> RlConfig:
-    """The same RL settings for every algorithm (same prompts, same samples per step): only the source differs."""
+    """The same RL settings for every algorithm (same prompts, same samples per step): only the source differs.
+    On lab data the lab's judge is the loop's monitoring score (on rollouts, and on the held-out prompts six
+    times a run); other data has no such score."""
     steps = budget.changes("rl").get("steps", recipe("rl")["steps"])
-    return from_recipe(RlConfig, "rl", {**budget.changes("rl"), "seed": seed, "eval_every": max(1, steps // 6),
-                                        "eval_prompts": str(data / "test_prompts.jsonl"), **source},
+    test_prompts = data / "test_prompts.jsonl"
+    monitor = ({"score_fn": LAB_SCORE_FN, "eval_every": max(1, steps // 6), "eval_prompts": str(test_prompts)}
+               if all(is_lab_prompt(row["prompt"]) for row in load_rows(test_prompts, "prompts")) else {})
+    return from_recipe(RlConfig, "rl", {**budget.changes("rl"), "seed": seed, **monitor, **source},
                        algo=algo, policy=str(sft), prompts=str(data / "prompts.jsonl"), out=str(out))
 
 

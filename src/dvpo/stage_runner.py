@@ -23,7 +23,9 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from dvpo.config import ConfigError, apply_overrides, save_config
+from dvpo.options import apply_overrides, save_config
+
+from dvpo.errors import ConfigError
 from dvpo.errors import StageFailed
 from dvpo.trainers.run_dir import is_complete
 

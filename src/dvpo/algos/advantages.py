@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from dvpo.algos.masked import _fmask, masked_mean
+from dvpo.algos.masked import STD_EPS, _fmask, masked_mean, standardize
 from dvpo.algos.ppo import gae
 from dvpo.algos.td import last_token_rewards
 
@@ -53,7 +53,7 @@ def dvpo_value_advantages(
     mode: str = "batch",
     mean: float | torch.Tensor | None = None,
     std: float | torch.Tensor | None = None,
-    eps: float = 1e-8,
+    eps: float = STD_EPS,
 ) -> torch.Tensor:
     """DVPO's advantage: the normalised GVM value ``(Q_t - mu) / (sigma + eps)`` (paper eq. after 3).
 
@@ -81,7 +81,7 @@ def dvpo_value_advantages(
             raise ValueError(f"std must be non-negative, got {float(sigma)}")
     else:
         raise ValueError(f"unknown mode {mode!r}; choose 'batch' or 'stored'")
-    return (q - mu) / (sigma + eps) * m
+    return standardize(q, mu, sigma, eps) * m
 
 
 def dvpo_difference_advantages(
@@ -168,6 +168,23 @@ def group_normalized_advantages(
     mean = g.mean(dim=1, keepdim=True)
     std = g.std(dim=1, keepdim=True)
     return ((g - mean) / (std + eps)).reshape(-1)
+
+
+def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO advantage (Ahmadian et al. 2024; TRL ``RLOOTrainer``): ``r_i - mean_{j != i} r_j`` within each
+    group of ``group_size`` consecutive samples of one prompt (prompt-major, as for GRPO). ``[N]``, detached."""
+    r = rewards.detach()
+    if r.dim() != 1:
+        raise ValueError(f"rewards must be 1-D [N], got shape {tuple(r.shape)}")
+    if group_size < 2:
+        raise ValueError(f"group_size must be at least 2 for a leave-one-out baseline, got {group_size}")
+    if r.numel() % group_size:
+        raise ValueError(f"{r.numel()} rewards are not a whole number of groups of {group_size}")
+    if not r.is_floating_point():
+        r = r.to(torch.get_default_dtype())
+    g = r.view(-1, group_size)
+    others_mean = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)
+    return (g - others_mean).reshape(-1)
 
 
 def remax_advantages(rewards: torch.Tensor, greedy_rewards: torch.Tensor) -> torch.Tensor:

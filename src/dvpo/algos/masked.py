@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["masked_sum", "masked_mean", "masked_var", "masked_whiten"]
+__all__ = ["masked_sum", "masked_mean", "masked_var", "masked_whiten", "whiten_with", "standardize", "STD_EPS"]
+
+STD_EPS = 1e-6
+"""Added to a standard deviation before dividing by it, wherever values or scores are standardised."""
 
 
 def _fmask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -69,9 +72,23 @@ def masked_whiten(
     rewards). Padding positions of the result are 0.
     """
     m = _fmask(mask, x)
-    mean = masked_mean(x, m)
-    var = masked_var(x, m, unbiased=True)
+    return whiten_with(x, m, masked_mean(x, m), masked_var(x, m, unbiased=True), shift_mean, eps)
+
+
+def whiten_with(
+    x: torch.Tensor, mask: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, shift_mean: bool = True,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """``masked_whiten`` with the moments given: a batch split over processes passes the global ones
+    (`dvpo.distributed.BatchStats`)."""
+    m = _fmask(mask, x)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
     return out * m
+
+
+def standardize(x: torch.Tensor, mean, std, eps: float = STD_EPS) -> torch.Tensor:
+    """``(x - mean) / (std + eps)``: the one value and score normaliser (the GVM's batch norm, its stored
+    statistics in DVPO's advantages, the reward model's stored score statistics)."""
+    return (x - mean) / (std + eps)

@@ -13,7 +13,6 @@ Tensors are ``[batch, T]`` over response positions, right-padded, with ``mask``
 
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +24,7 @@ __all__ = [
     "logprobs_from_logits",
     "entropy_from_logits",
     "kl_k1",
-    "kl_k2",
     "kl_k3",
-    "KL_ESTIMATORS",
-    "kl_estimate",
     "ppo_clip_loss",
     "clipped_value_loss",
     "gae",
@@ -95,11 +91,6 @@ def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return logp - ref_logp
 
 
-def kl_k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token ``k2 = 0.5 * (logp - ref_logp)^2`` (Schulman's KL approximation blog)."""
-    return 0.5 * (logp - ref_logp) ** 2
-
-
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token ``k3 = exp(ref_logp - logp) - (ref_logp - logp) - 1`` (Schulman's blog).
 
@@ -107,22 +98,6 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """
     d = ref_logp - logp
     return torch.expm1(d) - d
-
-
-KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "k1": kl_k1,
-    "k2": kl_k2,
-    "k3": kl_k3,
-}
-
-
-def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1") -> torch.Tensor:
-    """Per-token KL estimate by name (``"k1"``, ``"k2"`` or ``"k3"``)."""
-    try:
-        fn = KL_ESTIMATORS[kind]
-    except KeyError:
-        raise ValueError(f"unknown KL estimator {kind!r}; choose one of {sorted(KL_ESTIMATORS)}") from None
-    return fn(logp, ref_logp)
 
 
 # --------------------------------------------------------------------------- losses

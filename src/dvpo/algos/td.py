@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-from dvpo.algos.masked import _fmask, masked_mean
+from dvpo.algos.masked import STD_EPS, _fmask, masked_mean, standardize
 
 __all__ = [
     "last_token_rewards",
@@ -103,7 +103,7 @@ def td_lambda_targets(
 
 
 def value_normalization(
-    values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6
+    values: torch.Tensor, mask: torch.Tensor, eps: float = STD_EPS
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batch-normalise predicted values over valid tokens (paper, section 3.2).
 
@@ -119,7 +119,7 @@ def value_normalization(
     # sqrt has an infinite derivative at 0: keep the gradient finite for constant batches
     positive = var > 0
     std = torch.where(positive, torch.sqrt(torch.where(positive, var, torch.ones_like(var))), torch.zeros_like(var))
-    normalized = (values - mean) / (std + eps) * m
+    normalized = standardize(values, mean, std, eps) * m
     return normalized, mean.detach(), std.detach()
 
 
@@ -130,7 +130,7 @@ def gvm_td_loss(
     gamma: float,
     lam: float,
     normalization: str = "none",
-    eps: float = 1e-6,
+    eps: float = STD_EPS,
 ) -> torch.Tensor:
     """Mean squared TD(lambda) error of the GVM over the value slots; the target is stop-gradient.
 

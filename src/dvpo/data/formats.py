@@ -14,20 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dvpo.errors import DataError
+
 ROLES = ("system", "user", "assistant")
 JSONL_SUFFIXES = (".jsonl", ".json")
 # Suffixes that mark a source as a local file even when it does not exist (no Hub fallback).
 _FILE_SUFFIXES = (*JSONL_SUFFIXES, ".parquet", ".csv", ".arrow", ".txt")
-
-
-class DataError(ValueError):
-    """A bad source or row; the message reads `source:line: field 'name': problem`."""
-
-    def __init__(self, source: Any, line: int | None, field: str | None, problem: str):
-        self.source, self.line, self.field, self.problem = str(source), line, field, problem
-        where = self.source if line is None else f"{self.source}:{line}"
-        what = problem if field is None else f"field {field!r}: {problem}"
-        super().__init__(f"{where}: {what}")
 
 
 @dataclass(frozen=True)

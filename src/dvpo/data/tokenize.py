@@ -132,7 +132,7 @@ def truncate(
     anything less is a ConfigError (a ValueError). A row whose mask starts at its first token
     has no prompt to keep, and is cut to its first `max_length` tokens.
     """
-    from dvpo.config import ConfigError
+    from dvpo.errors import ConfigError
 
     if max_length < 1:
         raise ConfigError(f"max_length must be >= 1, got {max_length}")

@@ -22,8 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dvpo.config import ConfigError
-from dvpo.data.formats import JSONL_SUFFIXES, DataError, _load_from_disk, _looks_local
+from dvpo.errors import ConfigError
+from dvpo.data.formats import JSONL_SUFFIXES, _load_from_disk, _looks_local
+from dvpo.errors import DataError
 from dvpo.data.jsonl import write_jsonl
 
 logger = logging.getLogger(__name__)

@@ -19,13 +19,14 @@ import matplotlib
 import torch
 
 from dvpo.eval.gvm_accuracy import format_table
+from dvpo.trainers.sources import SOURCE_NAMES, SOURCES
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 WARMUP_STEPS = 2  # first RL steps left out of the per-step time (allocator and cache warm-up)
-ONLINE = ("dvpo", "ppo", "remax", "grpo")
-NAMES = {"sft": "SFT", "dvpo": "DVPO", "ppo": "PPO", "remax": "ReMax", "grpo": "GRPO", "dpo": "DPO"}
+ONLINE = SOURCE_NAMES
+NAMES = {"sft": "SFT", **{name: entry.display for name, entry in SOURCES.items()}, "dpo": "DPO"}
 
 
 def _records(metrics: Path) -> list[dict]:

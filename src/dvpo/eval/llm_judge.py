@@ -28,8 +28,9 @@ from pathlib import Path
 import httpx2
 from tqdm.auto import tqdm
 
-from dvpo.config import ConfigError
-from dvpo.data.formats import DataError, load_rows
+from dvpo.errors import ConfigError
+from dvpo.data.formats import load_rows
+from dvpo.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
-"""Scoring during RL: the lab's ground truth on rollouts and on held-out prompts, when prompts are lab prompts
-(of any lab task: each prompt is scored by the judge of the task that recognises it)."""
+"""Monitoring during RL: a score function (`dvpo rl --score-fn`, TRL's reward_funcs convention) on each
+step's rollouts (metric `score`) and on held-out prompts (`eval_score`). It is never a training signal. The
+loop knows no task: `dvpo demo` and `dvpo compare` pass the lab's judge (`dvpo.pipeline`)."""
 
 from __future__ import annotations
 
@@ -9,43 +10,33 @@ import torch
 
 from dvpo.data.formats import load_rows
 from dvpo.data.tokenize import encode_prompt
-from dvpo.lab.tasks import judge, task_for_prompt
-from dvpo.rollout.sampling import SharedNoise, sample
 from dvpo.distributed import BatchStats
-
-
-def is_lab_prompt(prompt) -> bool:
-    """Whether some lab task (dvpo.lab.tasks) recognises `prompt`."""
-    return task_for_prompt(prompt) is not None
+from dvpo.rollout.sampling import SharedNoise, sample
+from dvpo.user_functions import RewardFunction
 
 
 class PromptScorer:
-    """Lab judge for lab prompts; for other data it scores nothing (the source's own metrics remain)."""
+    """The score function's mean on rollouts and on `eval_prompts`; without a function it scores nothing."""
 
-    def __init__(self, prompts: list):
-        self.prompts = prompts
-        self.active = bool(prompts) and all(isinstance(p, str) and is_lab_prompt(p) for p in prompts[:50])
-
-    @classmethod
-    def for_eval(cls, path: str | None) -> "PromptScorer | None":
-        if not path:
-            return None
-        return cls([row["prompt"] for row in load_rows(path, "prompts")])
+    def __init__(self, spec: str | None, eval_prompts: str | None = None):
+        self.fn = RewardFunction(spec, "--score-fn") if spec else None
+        self.eval_prompts = ([row["prompt"] for row in load_rows(eval_prompts, "prompts")]
+                             if self.fn and eval_prompts else [])
 
     def score(self, prompts: list, texts: list[str]) -> dict:
-        if not self.active:
+        if self.fn is None:
             return {}
-        return {"score": statistics.fmean(judge(p, t) for p, t in zip(prompts, texts))}
+        return {"score": statistics.fmean(self.fn(prompts, texts, [{} for _ in texts]).tolist())}
 
     @torch.no_grad()
     def evaluate(self, policy, tokenizer, cfg, device, stats: BatchStats | None = None, noise_seed: int = 0,
                  batch_size: int = 64) -> dict:
-        """Held-out prompts sampled at the training temperature; the lab judge's mean.
+        """Held-out prompts sampled at the training temperature; the score function's mean.
 
         With several processes each samples its share of every batch, with the batch's shared noise,
         so the score does not depend on the number of processes.
         """
-        if not self.active:
+        if not self.eval_prompts:
             return {}
         stats = stats or BatchStats()
         rank, world = (stats.accelerator.process_index, stats.accelerator.num_processes) if stats.accelerator \
@@ -53,8 +44,8 @@ class PromptScorer:
         policy.eval()
         total = 0.0
         count = 0
-        for start in range(0, len(self.prompts), batch_size):
-            chunk = self.prompts[start:start + batch_size]
+        for start in range(0, len(self.eval_prompts), batch_size):
+            chunk = self.eval_prompts[start:start + batch_size]
             low, high = len(chunk) * rank // world, len(chunk) * (rank + 1) // world
             mine = chunk[low:high]
             rows = mine or chunk[:1]  # no share: sample one row, count none (sharded models need every process)
@@ -62,7 +53,8 @@ class PromptScorer:
                            tokenizer.eos_token_id, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
                            noise=SharedNoise(noise_seed * 4099 + start, low if mine else 0, len(chunk)))
             texts = [t.strip() for t in tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)]
-            total += sum(judge(p, t) for p, t in zip(mine, texts))
+            if mine:
+                total += float(self.fn(mine, texts[:len(mine)], [{} for _ in mine]).sum())
             count += len(mine)
         total, count = stats.sum(torch.tensor([total, float(count)]))
         return {"eval_score": float(total / count)}

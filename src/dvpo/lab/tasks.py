@@ -99,3 +99,18 @@ def judge(prompt: str, completion: str) -> float:
     if task is None:
         raise ValueError(f"not a lab prompt: {prompt!r} (no lab task recognises it; tasks: {', '.join(TASK_NAMES)})")
     return task.judge(prompt, completion)
+
+
+def is_lab_prompt(prompt) -> bool:
+    """Whether some lab task recognises `prompt`."""
+    return task_for_prompt(prompt) is not None
+
+
+def judge_completions(prompts, completions, **kwargs) -> list[float]:
+    """`judge` in TRL's `reward_funcs` convention: `dvpo rl --score-fn dvpo.lab.tasks:judge_completions` makes
+    the lab's ground truth the loop's monitoring score (metrics `score` and `eval_score`; never a training
+    signal), as `dvpo demo` and `dvpo compare` do."""
+    return [judge(prompt, completion) for prompt, completion in zip(prompts, completions)]
+
+
+LAB_SCORE_FN = "dvpo.lab.tasks:judge_completions"

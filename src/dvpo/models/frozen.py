@@ -35,3 +35,15 @@ class FrozenScorer:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+
+class AdapterOff:
+    """A model called with LoRA adapters switched off: the frozen reference without a second copy in memory
+    (the LoRA policy's own adapters, or those of a GVM sharing the reference's decoder)."""
+
+    def __init__(self, model, adapters=None):
+        self.model, self.adapters = model, adapters if adapters is not None else model
+
+    def __call__(self, **inputs):
+        with self.adapters.disable_adapter():
+            return self.model(**inputs)

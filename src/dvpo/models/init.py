@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from dvpo.data.formats import DataError, load_rows
+from dvpo.data.formats import load_rows
+
+from dvpo.errors import DataError
 from dvpo.models.tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)

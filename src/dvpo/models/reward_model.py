@@ -20,6 +20,7 @@ from typing import ClassVar
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from dvpo.algos.masked import standardize
 from dvpo.data.collate import pad_sequences
 from dvpo.data.tokenize import TruncationStats, encode_example, ensure_pad_token, truncate
 from dvpo.models.frozen import FrozenScorer, StageMeta
@@ -68,7 +69,7 @@ class RewardModel(FrozenScorer):
 
     def normalize(self, scores: torch.Tensor) -> torch.Tensor:
         """Scores standardised with the training statistics, so rewards have a known scale."""
-        return (scores - self.meta.score_mean) / (self.meta.score_std + 1e-6)
+        return standardize(scores, self.meta.score_mean, self.meta.score_std)
 
     @torch.no_grad()
     def score_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
+from dvpo.algos.masked import standardize
 from dvpo.data.collate import pad_sequences
 from dvpo.data.tau import conditioned_on
 from dvpo.data.tokenize import TruncationStats, encode_example, ensure_pad_token, truncate
@@ -108,7 +109,7 @@ class GlobalValueModel(FrozenScorer):
 
     def normalize(self, values: torch.Tensor) -> torch.Tensor:
         """Raw values mapped with the stored statistics (the paper's normalised Q)."""
-        return (values - self.meta.value_mean) / (self.meta.value_std + 1e-6)
+        return standardize(values, self.meta.value_mean, self.meta.value_std)
 
     @torch.no_grad()
     def slot_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, starts: torch.Tensor,

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dvpo.configs import GenerateConfig
+from dvpo.stage_options import GenerateConfig
 from dvpo.data.formats import load_rows
 from dvpo.data.jsonl import write_jsonl
 from dvpo.data.tokenize import encode_prompt, ensure_pad_token

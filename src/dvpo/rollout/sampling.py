@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
 
-from dvpo.config import ConfigError
+from dvpo.errors import ConfigError
 from dvpo.data.collate import pad_sequences
 from dvpo.data.tokenize import truncate_prompts
 

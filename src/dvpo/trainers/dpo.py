@@ -13,8 +13,8 @@ from pathlib import Path
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
-from dvpo.configs import DpoConfig
-from dvpo.data.formats import DataError
+from dvpo.stage_options import DpoConfig
+from dvpo.errors import DataError
 from dvpo.data.tokenize import ensure_pad_token
 from dvpo.eval.rm_accuracy import load_pair_rows, pairwise_pairs
 from dvpo.models.loading import load_causal_lm, load_tokenizer

@@ -19,7 +19,7 @@ from datasets import Dataset
 
 from dvpo.algos.td import (gvm_td_loss, last_token_rewards, moments_std, normalize_scores, prompt_relative_scores,
                            score_normalizer, update_moments)
-from dvpo.configs import GvmConfig
+from dvpo.stage_options import GvmConfig
 from dvpo.data.collate import pad_sequences
 from dvpo.data.formats import load_rows
 from dvpo.data.splits import split_by_prompt

@@ -18,24 +18,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from dvpo.errors import NonFiniteLoss, RunInterrupted
+
 logger = logging.getLogger(__name__)
-
-
-class RunInterrupted(RuntimeError):
-    """The run stopped on a signal after saving a checkpoint; `exit_code` is 128 + the signal number."""
-
-    def __init__(self, signum: int, step: int, folder: Path):
-        self.exit_code = 128 + signum
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; a checkpoint is saved in "
-                         f"{folder}: run the same command again to resume")
-
-
-class NonFiniteLoss(FloatingPointError):
-    """A NaN or infinite loss: the run stops before the bad update is saved."""
-
-    def __init__(self, step: int, value: float, folder: Path):
-        super().__init__(f"non-finite loss ({value}) at step {step}; the last good checkpoint is kept in "
-                         f"{folder}; lower the learning rate or check the data, then resume or --overwrite")
 
 
 class StopRequest:

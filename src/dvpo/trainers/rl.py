@@ -27,38 +27,30 @@ from tqdm.auto import tqdm
 
 from dvpo.algos.masked import masked_mean
 from dvpo.algos.ppo import AdaptiveKLController, FixedKLController, kl_k1, kl_k3, ppo_clip_loss
-from dvpo.config import ConfigError
-from dvpo.configs import RlConfig
+from dvpo.errors import ConfigError
+from dvpo.stage_options import RlConfig
 from dvpo.data.formats import load_rows
 from dvpo.data.tokenize import encode_prompt, ensure_pad_token
 from dvpo.eval.plots import plot_metrics
 from dvpo.eval.rl_eval import PromptScorer
+from dvpo.models.frozen import AdapterOff
 from dvpo.models.loading import load_causal_lm, load_tokenizer
 from dvpo.rollout.experience import build_sequences, frozen_logprobs, response_logprobs
 from dvpo.rollout.sampling import SharedNoise, sample
-from dvpo.trainers.advantage_sources import (DvpoSource, GrpoSource, PpoSource, RemaxSource, Rollout, signal_weight,
-                                             warn_if_near_chance)
+from dvpo.trainers.sources import source_class
+from dvpo.user_functions import load_function
+from dvpo.trainers.sources.base import Rollout
 from dvpo.distributed import BatchStats, deepspeed_requested, make_accelerator, parameters_held, shard_bounds
 from dvpo.trainers.common import write_process_record
 from dvpo.trainers.metrics import peak_memory_bytes
 from dvpo.trainers.rl_state import RlCheckpointer
-from dvpo.trainers.runaway import PolicyRunaway, RunawayGuard
-from dvpo.trainers.interrupts import STOP, NonFiniteLoss, RunInterrupted
+from dvpo.trainers.runaway import RunawayGuard
+from dvpo.errors import PolicyRunaway
+from dvpo.trainers.interrupts import STOP
+from dvpo.errors import NonFiniteLoss, RunInterrupted
 from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
 
 logger = logging.getLogger(__name__)
-
-
-class AdapterOff:
-    """A model called with LoRA adapters switched off: the frozen reference without a second copy in memory
-    (the LoRA policy's own adapters, or those of a GVM sharing the reference's decoder)."""
-
-    def __init__(self, model, adapters=None):
-        self.model, self.adapters = model, adapters if adapters is not None else model
-
-    def __call__(self, **inputs):
-        with self.adapters.disable_adapter():
-            return self.model(**inputs)
 
 
 def load_policy_and_reference(cfg: RlConfig, device):
@@ -78,61 +70,19 @@ def load_policy_and_reference(cfg: RlConfig, device):
     return policy, load_causal_lm(cfg.policy, cfg.dtype, fsdp=cfg.fsdp).to(device).eval().requires_grad_(False)
 
 
-def build_source(cfg: RlConfig, device, policy, reference, tokenizer):
-    """The algorithm's advantage source, and the reference as the loop must call it.
-
-    A LoRA GVM trained on the policy's own base runs on the reference's decoder (one frozen
-    backbone for both); the reference then runs with the GVM's adapter switched off.
-    """
-    kl_in_reward = cfg.kl_penalty == "reward"
-    if cfg.algo == "dvpo":
-        if not cfg.gvm:
-            raise ConfigError("--algo dvpo needs --gvm (a folder written by `dvpo gvm`)")
-        from dvpo.models.value_model import load_value_model, shares_backbone
-
-        share = shares_backbone(cfg.gvm, cfg.policy) and not cfg.fsdp and not isinstance(reference, AdapterOff)
-        gvm = load_value_model(cfg.gvm, device=device, dtype=cfg.dtype,
-                               backbone=reference.base_model if share else None)
-        if share:
-            logger.info("the GVM (a LoRA adapter on %s) and the reference share one frozen backbone", cfg.policy)
-            reference = AdapterOff(reference, adapters=gvm.model)
-        warn_if_near_chance(gvm.meta, cfg.gvm)
-        weight = (signal_weight(gvm.meta, cfg.gvm, "--dvpo-normalization")
-                  if cfg.dvpo_normalization == "reliability" else 1.0)
-        return DvpoSource(gvm, cfg.dvpo_advantage, cfg.dvpo_normalization, cfg.gamma, cfg.gae_lambda,
-                          kl_in_reward, weight), reference
-    if not cfg.reward_model:
-        raise ConfigError(f"--algo {cfg.algo} needs --reward-model (a folder written by `dvpo rm`)")
-    from dvpo.models.reward_model import load_reward_model
-    from dvpo.models.value_model import build_value_model
-
-    reward_model = load_reward_model(cfg.reward_model, device=device, dtype=cfg.dtype)
-    warn_if_near_chance(reward_model.meta, cfg.reward_model)
-    normalize = cfg.reward_normalization in ("stored", "reliability")
-    if cfg.algo == "grpo":
-        return GrpoSource(reward_model, cfg.group_size, normalize), reference
-    weight = (signal_weight(reward_model.meta, cfg.reward_model, "--reward-normalization")
-              if cfg.reward_normalization == "reliability" else 1.0)
-    if cfg.algo == "remax":
-        return RemaxSource(reward_model, policy, tokenizer, cfg.max_new_tokens, kl_in_reward, normalize,
-                           weight), reference
-    critic_init = cfg.critic_init or _default_critic_init(cfg)
-    critic = build_value_model(critic_init, cfg.dtype, fsdp=cfg.fsdp).to(device)
-    return PpoSource(reward_model, critic, cfg.gamma, cfg.gae_lambda, cfg.value_clip, kl_in_reward, normalize,
-                     weight), reference
-
-
-def _default_critic_init(cfg: RlConfig) -> str:
-    """The reward model's own weights when it was fully fine-tuned (N+ details), else the policy."""
-    full_rm = Path(cfg.reward_model) / "model" / "config.json"
-    return str(full_rm.parent) if full_rm.is_file() else cfg.policy
-
-
-def check_batch_split(cfg: RlConfig, world: int) -> None:
-    """The rollout batch must split into whole prompt groups per process, and minibatches evenly."""
+def check_config(cfg: RlConfig, world: int) -> None:
+    """Every cross-field check, before any file is written: the algorithm's own (an option it would ignore, a
+    signal it lacks), then whether the rollout batch splits into whole prompt groups per process and the
+    minibatches evenly."""
+    source_class(cfg.algo).check(cfg)
+    if cfg.eval_prompts and not cfg.score_fn:
+        raise ConfigError("--eval-prompts are scored by --score-fn: name the function (for lab prompts, "
+                          "dvpo.lab.tasks:judge_completions)")
+    if cfg.score_fn:
+        load_function(cfg.score_fn, "--score-fn")
     if cfg.keep_checkpoints < 1:
         raise ConfigError(f"--keep-checkpoints must be at least 1, got {cfg.keep_checkpoints}")
-    group = cfg.group_size if cfg.algo == "grpo" else 1
+    group = source_class(cfg.algo).samples_per_prompt(cfg)
     if cfg.rollout_batch_size % (group * world):
         raise ConfigError(f"--rollout-batch-size {cfg.rollout_batch_size} must be a multiple of "
                           f"{'--group-size ' + str(group) + ' x ' if group > 1 else ''}{world} process(es)")
@@ -176,33 +126,31 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 
 def prepare_models(cfg: RlConfig, accelerator, policy, source):
     """Wrap the trained modules for data parallelism (DDP or DeepSpeed); frozen ones stay as they are.
-    Under --fsdp the models were sharded as they loaded and only get their optimizers."""
+    Under --fsdp the models were sharded as they loaded and only get their optimizers. What the source
+    trains beside the policy (PPO's critic) shares one optimizer."""
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                   eps=1e-5)
+    trained = list(source.trainable)
+    side_optimizer = (torch.optim.AdamW([p for m in trained for p in m.parameters()], eps=1e-5,
+                                        lr=cfg.critic_learning_rate or cfg.learning_rate) if trained else None)
     if cfg.fsdp:
-        critic_optimizer = (torch.optim.AdamW(source.trainable[0].parameters(), eps=1e-5,
-                                              lr=cfg.critic_learning_rate or cfg.learning_rate)
-                            if source.trainable else None)
-        return policy, optimizer, critic_optimizer
-    if not source.trainable:
+        return policy, optimizer, side_optimizer
+    if not trained:
         policy, optimizer = accelerator.prepare(policy, optimizer)
         return policy, optimizer, None
     if deepspeed_requested():
-        raise ConfigError("PPO trains a critic beside the policy, and one DeepSpeed engine holds one model: run "
-                          "PPO with DDP (configs/accelerate/ddp.yaml) or a single process")
-    critic_optimizer = torch.optim.AdamW(source.trainable[0].parameters(),
-                                         lr=cfg.critic_learning_rate or cfg.learning_rate, eps=1e-5)
-    policy, optimizer, critic, critic_optimizer = accelerator.prepare(policy, optimizer, source.trainable[0],
-                                                                      critic_optimizer)
-    source.use_critic(critic)
-    return policy, optimizer, critic_optimizer
+        raise ConfigError(f"--algo {cfg.algo} trains a model beside the policy, and one DeepSpeed engine holds one "
+                          "model: run it with DDP (configs/accelerate/ddp.yaml) or a single process")
+    policy, optimizer, *trained, side_optimizer = accelerator.prepare(policy, optimizer, *trained, side_optimizer)
+    source.use_trained(trained)
+    return policy, optimizer, side_optimizer
 
 
 def run_rl(cfg: RlConfig) -> Path:
-    folder, _ = start_run(cfg)  # the loop restores its own checkpoints
     trackers = None if cfg.report_to == "none" else [cfg.report_to]
-    accelerator = make_accelerator(log_with=trackers, project_dir=str(folder))
-    check_batch_split(cfg, accelerator.num_processes)
+    accelerator = make_accelerator(log_with=trackers, project_dir=str(cfg.out))
+    check_config(cfg, accelerator.num_processes)
+    folder, _ = start_run(cfg)  # the loop restores its own checkpoints
     if accelerator.state.deepspeed_plugin is not None:
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
         ds_config["train_micro_batch_size_per_gpu"] = cfg.mini_batch_size // accelerator.num_processes
@@ -214,20 +162,19 @@ def run_rl(cfg: RlConfig) -> Path:
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.policy)
     ensure_pad_token(tokenizer)
-    prompts = [row["prompt"] for row in load_rows(cfg.prompts, "prompts", split=cfg.split)]
-    if len(prompts) < 2:
+    rows = load_rows(cfg.prompts, "prompts", split=cfg.split)
+    if len(rows) < 2:
         raise ValueError(f"{cfg.prompts}: RL needs at least two prompts")
     policy, reference = load_policy_and_reference(cfg, accelerator.device)
-    source, reference = build_source(cfg, accelerator.device, policy, reference, tokenizer)
+    source, reference = source_class(cfg.algo).build(cfg, accelerator.device, policy, reference, tokenizer)
     policy, optimizer, critic_optimizer = prepare_models(cfg, accelerator, policy, source)
     controller = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
                   else FixedKLController(cfg.kl_coef))
-    sharded = [(policy, optimizer), *((source.trainable[0], critic_optimizer) for _ in source.trainable)]
+    sharded = [(policy, optimizer), *((module, critic_optimizer) for module in source.trainable)]
     checkpointer = RlCheckpointer(folder, cfg.keep_checkpoints, accelerator, sharded if cfg.fsdp else [])
     start_step = checkpointer.restore(controller)
     loop = RlLoop(cfg, accelerator, policy, reference, source, optimizer, critic_optimizer, controller, tokenizer,
-                  prompts)
-    evaluator = PromptScorer.for_eval(cfg.eval_prompts)
+                  rows)
     metrics_path = folder / "metrics.jsonl"
     if main_process:
         truncate_metrics(metrics_path, start_step)
@@ -238,8 +185,9 @@ def run_rl(cfg: RlConfig) -> Path:
                     disable=not main_process)
     for step in progress:
         record = loop.step(step)
-        if evaluator and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps):
-            record.update(evaluator.evaluate(accelerator.unwrap_model(policy), tokenizer, cfg, accelerator.device,
+        due = (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps
+        if loop.scorer.eval_prompts and due:
+            record.update(loop.scorer.evaluate(accelerator.unwrap_model(policy), tokenizer, cfg, accelerator.device,
                                              loop.stats, noise_seed=step_seed(cfg.seed, step, 2)))
         runaway = None
         try:
@@ -297,18 +245,20 @@ class RlLoop:
     """One RL step on this process's share of the rollout batch."""
 
     def __init__(self, cfg, accelerator, policy, reference, source, optimizer, critic_optimizer, controller,
-                 tokenizer, prompts):
+                 tokenizer, rows):
         self.cfg, self.accelerator, self.policy, self.reference = cfg, accelerator, policy, reference
         self.source, self.optimizer, self.critic_optimizer = source, optimizer, critic_optimizer
-        self.controller, self.tokenizer, self.prompts = controller, tokenizer, prompts
-        self.scorer = PromptScorer(prompts)
+        self.controller, self.tokenizer = controller, tokenizer
+        self.prompts = [row["prompt"] for row in rows]
+        self.columns = [{k: v for k, v in row.items() if k != "prompt"} for row in rows]  # for reward functions
+        self.scorer = PromptScorer(cfg.score_fn, cfg.eval_prompts)
         self.stats = BatchStats(accelerator)
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.local_mini = cfg.mini_batch_size // self.world  # this process's rows per minibatch
 
     def step_indices(self, step: int) -> list[int]:
         """Indices of the step's distinct prompts (every process's), in rollout order."""
-        group = self.source.samples_per_prompt
+        group = self.source.samples_per_prompt(self.cfg)
         return batch_indices(len(self.prompts), step, self.cfg.rollout_batch_size // group, self.cfg.seed)
 
     def my_rows(self, steps: int) -> list[int]:
@@ -321,8 +271,9 @@ class RlLoop:
         return rows
 
     def rollout(self, step: int) -> Rollout:
-        cfg, group = self.cfg, self.source.samples_per_prompt
-        unique_prompts = [self.prompts[i] for i in self.step_indices(step)]
+        cfg, group = self.cfg, self.source.samples_per_prompt(self.cfg)
+        indices = self.step_indices(step)
+        unique_prompts = [self.prompts[i] for i in indices]
         start, end = shard_bounds(len(unique_prompts), self.rank, self.world)
         mine = unique_prompts[start:end]
         policy = self.accelerator.unwrap_model(self.policy).eval()
@@ -334,8 +285,9 @@ class RlLoop:
         texts = [t.strip() for t in self.tokenizer.batch_decode(seq.response_ids, skip_special_tokens=True)]
         all_prompts = [p for p in unique_prompts for _ in range(group)]  # prompt-major, as sampled
         all_texts = [t for chunk in gather_object([texts]) for t in chunk] if self.world > 1 else texts
+        columns = [self.columns[i] for i in indices[start:end] for _ in range(group)]
         return Rollout(seq, all_prompts[start * group:end * group], texts, all_prompts, all_texts, start * group,
-                       self.stats)
+                       self.stats, columns, seed=step_seed(cfg.seed, step, 3))
 
     def step(self, step: int) -> dict:
         cfg, timings = self.cfg, {}
@@ -396,7 +348,7 @@ class RlLoop:
                 logp, entropy = live if live is not None else response_logprobs(self.policy, mb_seq, cfg.temperature,
                                                                                 with_entropy=True)
                 loss, stats = ppo_clip_loss(logp, old_logp[index], mb_exp.advantages, mb_mask, cfg.clip_eps)
-                if cfg.kl_penalty == "loss" or cfg.algo == "grpo":
+                if cfg.kl_penalty == "loss" or self.source.kl_in_loss:
                     loss = loss + self.controller.value * masked_mean(kl_k3(logp, ref_logp[index]), mb_mask)
                 value_loss, value_stats = self.source.value_loss(mb_seq, mb_exp)
                 if value_loss is not None:
@@ -411,7 +363,7 @@ class RlLoop:
                 self.accelerator.clip_grad_norm_(self.policy.parameters(), 1.0)
                 self.optimizer.step()
                 if self.critic_optimizer:
-                    self.accelerator.clip_grad_norm_(self.source.trainable[0].parameters(), 1.0)
+                    self.accelerator.clip_grad_norm_([p for m in self.source.trainable for p in m.parameters()], 1.0)
                     self.critic_optimizer.step()
                 for key, value in {"clip_frac": float(stats["clip_frac"]), "approx_kl": float(stats["approx_kl"]),
                                    "entropy": masked_mean(entropy, mb_mask).item(), "policy_loss": loss.item(),

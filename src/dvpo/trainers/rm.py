@@ -16,9 +16,9 @@ import torch
 from datasets import Dataset
 
 from dvpo.algos.pairwise import bradley_terry_loss
-from dvpo.configs import RmConfig
+from dvpo.stage_options import RmConfig
 from dvpo.data.collate import pad_sequences
-from dvpo.data.formats import DataError
+from dvpo.errors import DataError
 from dvpo.data.splits import split_by_prompt
 from dvpo.data.tokenize import TruncationStats, ensure_pad_token
 from dvpo.eval.rm_accuracy import (load_pair_rows, pairwise_pairs, response_key, rm_accuracy, row_kind,

@@ -15,7 +15,8 @@ from pathlib import Path
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from dvpo.config import save_config
+from dvpo.options import save_config
+from dvpo.errors import RunComplete
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +68,3 @@ def mark_complete(folder: Path, **summary) -> None:
     tmp = folder / (COMPLETE_MARKER + ".tmp")
     tmp.write_text(json.dumps(summary, indent=2, default=str))
     tmp.replace(folder / COMPLETE_MARKER)
-
-
-class RunComplete(RuntimeError):
-    def __init__(self, folder: Path):
-        super().__init__(f"{folder} holds a finished run; pass --overwrite to train again")
-        self.folder = folder

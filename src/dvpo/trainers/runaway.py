@@ -13,13 +13,11 @@ import json
 import logging
 from pathlib import Path
 
+from dvpo.errors import PolicyRunaway
+
 logger = logging.getLogger(__name__)
 
 LENGTH_WARNING_RATIO = 1.5
-
-
-class PolicyRunaway(RuntimeError):
-    """KL or response length passed its limit; the message names the step, the value and the option."""
 
 
 class RunawayGuard:

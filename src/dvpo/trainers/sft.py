@@ -12,7 +12,7 @@ from pathlib import Path
 from datasets import Dataset
 from transformers import Trainer
 
-from dvpo.configs import SftConfig
+from dvpo.stage_options import SftConfig
 from dvpo.data.collate import SftCollator
 from dvpo.data.formats import load_rows
 from dvpo.data.tokenize import ensure_pad_token, tokenize_rows

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dvpo.config import option
+from dvpo.options import option
+from dvpo.trainers.sources import SOURCE_NAMES
 
 DTYPE_CHOICES = ["auto", "float32", "bfloat16", "float16"]
 
@@ -101,7 +102,7 @@ class DemoConfig:
                        choices=["digits", "arith"])
 
 
-COMPARE_METHODS = ["dvpo", "ppo", "remax", "grpo", "dpo"]
+COMPARE_METHODS = [*SOURCE_NAMES, "dpo"]  # every registered RL algorithm, and DPO
 
 
 @dataclass
@@ -193,18 +194,24 @@ class RmConfig(OfflineTrainingOptions):
 
 @dataclass
 class RlConfig:
-    algo: str = option(help="advantage source: dvpo (frozen GVM), ppo (reward model + critic), remax (greedy "
-                       "baseline) or grpo (group-normalised rewards)", choices=["dvpo", "ppo", "remax", "grpo"])
+    algo: str = option(help="advantage source (dvpo.trainers.sources): dvpo (frozen GVM), ppo (reward + critic), "
+                       "remax (greedy baseline), grpo (group-normalised rewards) or rloo (leave-one-out baseline)",
+                       choices=list(SOURCE_NAMES))
     policy: str = option(help="SFT model folder or Hub id to train")
     prompts: str = option(help="RL prompts: JSONL file, datasets folder, or Hub name")
     out: str = option(help="output folder; re-running resumes from its last checkpoint")
     split: str = option("train", help="split, for datasets folders and Hub datasets")
     gvm: str | None = option(None, help="dvpo: GVM folder from `dvpo gvm`")
-    reward_model: str | None = option(None, help="ppo, remax, grpo: reward model folder from `dvpo rm`")
+    reward_model: str | None = option(None, help="ppo, remax, grpo, rloo: reward model folder from `dvpo rm`")
+    reward_fn: list[str] = option([], help="ppo, remax, grpo, rloo: Python reward function(s), path/to/file.py:name "
+                                  "or module:name, called as TRL's reward_funcs: fn(prompts=, completions=, "
+                                  "**other prompt-file fields) -> list of floats; summed with the reward model's "
+                                  "score when both are given")
+    reward_weights: list[float] = option([], help="one weight per --reward-fn (default: 1 each)")
     critic_init: str | None = option(None, help="ppo: critic initialisation (default: the reward model's backbone)")
     steps: int = option(100, help="RL steps (one rollout batch each)")
-    rollout_batch_size: int = option(8, help="samples per step (paper: 8); grpo draws them as prompts x group size")
-    group_size: int = option(4, help="grpo: samples per prompt")
+    rollout_batch_size: int = option(8, help="samples per step (paper: 8); grpo and rloo draw them as prompts x group size")
+    group_size: int = option(4, help="grpo, rloo: samples per prompt")
     mini_batch_size: int = option(2, help="samples per PPO minibatch (paper: 2)")
     ppo_epochs: int = option(4, help="passes over each rollout batch (paper: 4)")
     learning_rate: float = option(2e-6, help="policy learning rate (paper: 2e-6)")
@@ -243,7 +250,11 @@ class RlConfig:
                                      "first step's (the starting policy's); warns past 1.5x; 0 disables")
     whiten_advantages: str = option("auto", help="whiten advantages over the rollout batch (auto: for ppo and "
                                     "dvpo gae, the two with a critic, as in the N+ details)", choices=["auto", "on", "off"])
-    eval_prompts: str | None = option(None, help="held-out prompts scored every --eval-every steps (lab judge when they are lab prompts)")
+    score_fn: str | None = option(None, help="a function that scores completions for monitoring, never for training "
+                                  "(metrics score on rollouts, eval_score on --eval-prompts): file.py:name or "
+                                  "module:name, TRL's reward_funcs convention; dvpo.lab.tasks:judge_completions "
+                                  "is the lab's judge")
+    eval_prompts: str | None = option(None, help="held-out prompts scored by --score-fn every --eval-every steps")
     eval_every: int = option(10, help="evaluate every N steps (0: only at the end)")
     save_every: int = option(25, help="checkpoint every N steps")
     keep_checkpoints: int = option(2, help="checkpoints kept")
@@ -310,3 +321,30 @@ class UltraFeedbackConfig:
     test_fraction: float = option(0.02, help="prompts held out first (test_prompts, rated_test); the rest are "
                                   "split 30%% sft / 50%% rated / 20%% RL prompts as in the paper")
     split: str = option("train", help="split, for datasets folders and Hub datasets")
+
+
+@dataclass
+class RateConfig:
+    prompts: str = option(help="prompts to answer: JSONL file, datasets folder, or Hub name")
+    model: list[str] = option(help="one or more models (folders or Hub ids) whose responses are rated; the GVM "
+                              "learns best from several policies of different quality")
+    out: str = option(help="rated JSONL (prompt, completion, score, policy), appended as it goes; re-running "
+                      "resumes")
+    names: list[str] = option([], help="the `policy` name of each --model (default: each folder's name)")
+    samples: int = option(4, help="responses per prompt per model")
+    reward_fn: list[str] = option([], help="Python reward function(s), path/to/file.py:name or module:name (TRL's "
+                                  "reward_funcs convention, as in `dvpo rl --reward-fn`)")
+    reward_weights: list[float] = option([], help="one weight per --reward-fn (default: 1 each)")
+    reward_model: str | None = option(None, help="a reward model folder from `dvpo rm` (its raw score; summed with "
+                                      "the reward functions when both are given)")
+    judge_endpoint: str | None = option(None, help="OpenAI-compatible endpoint of an LLM judge (the paper's "
+                                        "Appendix D 0-5 prompt); instead of reward functions and models")
+    judge_model: str | None = option(None, help="the judge model's name at --judge-endpoint")
+    api_key_env: str = option("OPENAI_API_KEY", help="environment variable holding the judge's API key")
+    split: str = option("train", help="split, for datasets folders and Hub datasets")
+    temperature: float = option(1.0, help="sampling temperature")
+    top_p: float = option(1.0, help="nucleus sampling threshold")
+    max_new_tokens: int = option(64, help="longest response in tokens")
+    batch_size: int = option(16, help="prompts per generation batch (each written when scored)")
+    dtype: str = option("auto", help="weights dtype", choices=DTYPE_CHOICES)
+    seed: int = option(0, help="sampling seed")

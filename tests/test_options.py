@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from dvpo.cli import build_cli
-from dvpo.config import ConfigError, resolve
-from dvpo.configs import GvmConfig, SftConfig
+from dvpo.options import resolve
+from dvpo.errors import ConfigError
+from dvpo.stage_options import GvmConfig, SftConfig
 
 
 def parse(argv):

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from dvpo.errors import ConfigError
+
 
 def option(default=dataclasses.MISSING, help: str = "", choices=None, **kwargs):
     """A dataclass field with the help text the CLI shows; no default means required."""
@@ -23,10 +25,6 @@ def option(default=dataclasses.MISSING, help: str = "", choices=None, **kwargs):
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
-
-
-class ConfigError(ValueError):
-    """A bad option: names the option and where it came from."""
 
 
 def _base_type(annotation) -> tuple[type, bool]:

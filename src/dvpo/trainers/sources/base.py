@@ -1,0 +1,121 @@
+"""What every advantage source takes and gives: the `Rollout` of one step, the `Experience` the update
+consumes, and the `AdvantageSource` protocol the loop calls (it knows no algorithm by name)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+import torch
+
+from dvpo.errors import ConfigError
+from dvpo.distributed import BatchStats
+from dvpo.rollout.experience import Sequences
+from dvpo.user_functions import load_function
+
+
+@dataclass
+class Rollout:
+    """This process's share of a rollout batch, with what a source may need of the whole batch."""
+
+    seq: Sequences
+    prompts: list                 # this process's rows
+    texts: list[str]
+    all_prompts: list             # every row of the global batch, on every process
+    all_texts: list[str]
+    offset: int                   # index of this process's first row in the global batch
+    stats: BatchStats = field(default_factory=BatchStats)
+    columns: list[dict] = field(default_factory=list)  # this process's rows' other prompt-file fields (reward fns)
+    seed: int = 0                 # of the step's own random choices (DVPO's tau), the same on every process
+
+
+@dataclass
+class Experience:
+    advantages: torch.Tensor                      # [B, R]
+    metrics: dict = field(default_factory=dict)
+    old_values: torch.Tensor | None = None        # a trained critic's values at rollout time
+    returns: torch.Tensor | None = None
+
+    def rows(self, index: torch.Tensor) -> "Experience":
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return Experience(self.advantages[index], {}, pick(self.old_values), pick(self.returns))
+
+
+class AdvantageSource(Protocol):
+    """One RL algorithm's advantages: everything the loop needs to know about it.
+
+    - `samples_per_prompt(cfg)`: responses drawn per prompt (a group for GRPO and RLOO, else 1);
+    - `kl_in_loss`: the KL to the reference enters as β·k3 in the loss (GRPO) rather than as −β·KL_t in
+      the per-token reward (which `--kl-penalty loss` also selects for every source);
+    - `whiten_default`: whether `--whiten-advantages auto` whitens its advantages over the batch;
+    - `trainable`: the models the loop trains beside the policy, with one optimizer (PPO's critic);
+    - `check(cfg)`: cross-field checks, run before any file is written;
+    - `build(...)`: the source for a run, and the reference as the loop must call it.
+    """
+
+    kl_in_loss: ClassVar[bool]
+    whiten_default: bool
+    trainable: list
+
+    @staticmethod
+    def samples_per_prompt(cfg) -> int: ...
+
+    @classmethod
+    def check(cls, cfg) -> None: ...
+
+    @classmethod
+    def build(cls, cfg, device, policy, reference, tokenizer) -> tuple["AdvantageSource", object]: ...
+
+    def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience: ...
+
+    def value_loss(self, seq: Sequences, exp: Experience) -> tuple[torch.Tensor | None, dict]: ...
+
+    def use_trained(self, modules: list) -> None: ...
+
+
+class FrozenSignalSource:
+    """Defaults of a source that trains nothing beside the policy and draws one sample per prompt."""
+
+    kl_in_loss: ClassVar[bool] = False
+    whiten_default = False
+    trainable: list = []
+    name: ClassVar[str] = ""
+    uses: ClassVar[tuple[str, ...]] = ()  # the signal options this source reads (the others must be unset)
+
+    @staticmethod
+    def samples_per_prompt(cfg) -> int:
+        return 1
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """An option this algorithm would ignore is an error, not a silent no-op."""
+        given = {"gvm": cfg.gvm, "reward_model": cfg.reward_model, "reward_fn": cfg.reward_fn}
+        ignored = [name for name, value in given.items() if value and name not in cls.uses]
+        if ignored:
+            flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
+            raise ConfigError(f"--algo {cls.name} does not use {flags}; it reads "
+                              f"{' or '.join('--' + u.replace('_', '-') for u in cls.uses)}")
+        if cfg.reward_weights and len(cfg.reward_weights) != len(cfg.reward_fn):
+            raise ConfigError(f"--reward-weights has {len(cfg.reward_weights)} value(s) for {len(cfg.reward_fn)} "
+                              "--reward-fn function(s): give one weight per function, or none (all 1)")
+        for spec in cfg.reward_fn:
+            load_function(spec, "--reward-fn")
+
+    def value_loss(self, seq: Sequences, exp: Experience):
+        return None, {}
+
+    def use_trained(self, modules: list) -> None:
+        self.trainable = list(modules)
+
+
+class RewardSource(FrozenSignalSource):
+    """A source whose signal is a sequence-level reward: a reward model's score and/or reward functions."""
+
+    uses = ("reward_model", "reward_fn")
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        if not cfg.reward_model and not cfg.reward_fn:
+            raise ConfigError(f"--algo {cls.name} needs --reward-model (a folder written by `dvpo rm`) or "
+                              "--reward-fn (a Python function, file.py:name or module:name)")

@@ -1,0 +1,128 @@
+"""DVPO: advantages from a frozen global value model (GVM); nothing is trained beside the policy.
+
+`--dvpo-advantage`: "value" is the paper's normalised token value; "difference" subtracts the previous
+slot's value; "gae" uses the GVM as a frozen critic (its last value is the reward, GAE over its values,
+whitened like PPO's), see `dvpo_critic_advantages`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+import torch
+
+from dvpo.algos.advantages import dvpo_critic_advantages, dvpo_difference_advantages, dvpo_value_advantages
+from dvpo.algos.masked import standardize
+from dvpo.errors import ConfigError
+from dvpo.data.collate import pad_sequences
+from dvpo.data.tau import conditioned_on, sample_tau_sets
+from dvpo.data.tokenize import TruncationStats, encode_prompt, truncate
+from dvpo.errors import ModelError
+from dvpo.rollout.experience import unpadded_rows
+from dvpo.trainers.sources.base import Experience, FrozenSignalSource, Rollout
+from dvpo.trainers.sources.scoring import signal_weight, warn_if_near_chance
+
+logger = logging.getLogger(__name__)
+
+
+class DvpoSource(FrozenSignalSource):
+    name: ClassVar[str] = "dvpo"
+    uses = ("gvm",)
+
+    def __init__(self, gvm, advantage: str, normalization: str, gamma: float, lam: float, kl_in_reward: bool,
+                 weight: float = 1.0):
+        self.gvm, self.advantage, self.normalization, self.weight = gvm, advantage, normalization, weight
+        self.gamma, self.lam, self.kl_in_reward = gamma, lam, kl_in_reward
+        self.whiten_default = advantage == "gae"
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        if not cfg.gvm:
+            raise ConfigError("--algo dvpo needs --gvm (a folder written by `dvpo gvm`)")
+
+    @classmethod
+    def build(cls, cfg, device, policy, reference, tokenizer):
+        """A LoRA GVM trained on the policy's own base runs on the reference's decoder (one frozen backbone
+        for both); the reference then runs with the GVM's adapter switched off."""
+        from dvpo.models.frozen import AdapterOff
+        from dvpo.models.value_model import load_value_model, shares_backbone
+
+        share = shares_backbone(cfg.gvm, cfg.policy) and not cfg.fsdp and not isinstance(reference, AdapterOff)
+        gvm = load_value_model(cfg.gvm, device=device, dtype=cfg.dtype,
+                               backbone=reference.base_model if share else None)
+        if share:
+            logger.info("the GVM (a LoRA adapter on %s) and the reference share one frozen backbone", cfg.policy)
+            reference = AdapterOff(reference, adapters=gvm.model)
+        warn_if_near_chance(gvm.meta, cfg.gvm)
+        weight = (signal_weight(gvm.meta, cfg.gvm, "--dvpo-normalization")
+                  if cfg.dvpo_normalization == "reliability" else 1.0)
+        return cls(gvm, cfg.dvpo_advantage, cfg.dvpo_normalization, cfg.gamma, cfg.gae_lambda,
+                   cfg.kl_penalty == "reward", weight), reference
+
+    def gvm_inputs(self, rollout: Rollout):
+        """[tau; prompt; response] per row; tau is the response to another prompt of the global batch, drawn by
+        the rule of GVM training (`sample_tau_sets`: the whole batch is one policy's pool), seeded by the step.
+
+        Cut to the GVM's max_length by GVM training's rule (`truncate`): the conditioned prompt from the left
+        (tau first), always keeping its last token (the slot of V(s_1)); a response longer than max_length - 1
+        is cut from the right, so `lengths` is the kept response tokens + 1 and the cut-off tokens get no value
+        slot (and no advantage).
+        """
+        rows = unpadded_rows(rollout.seq)
+        everyone = rollout.all_prompts
+        partners = (sample_tau_sets(everyone, [None] * len(everyone), rollout.seed, self.gvm.meta.tau_pairs)
+                    [rollout.offset:rollout.offset + len(rows)] if self.gvm.meta.tau else [[]] * len(rows))
+        ids, starts, lengths = [], [], []
+        cut = TruncationStats()
+        for i, (_, response) in enumerate(rows):
+            pairs = [(everyone[j], rollout.all_texts[j]) for j in partners[i]]
+            prompt_ids = encode_prompt(self.gvm.tokenizer, conditioned_on(rollout.prompts[i], pairs))
+            if not prompt_ids:
+                raise ModelError("the GVM's tokenizer encodes the prompt to no token, so there is no slot for V(s_1)")
+            kept, mask, what = truncate(prompt_ids + response, [0] * len(prompt_ids) + [1] * len(response),
+                                        self.gvm.meta.max_length)
+            cut.add(what)
+            ids.append(kept)
+            starts.append(mask.index(1) - 1 if 1 in mask else len(kept) - 1)
+            lengths.append(sum(mask) + 1)
+        if cut.response_truncated:
+            logger.warning("GVM inputs: %d of %d responses longer than the GVM's max_length %d minus the prompt's "
+                           "last token cut on the right; their cut-off tokens get no advantage",
+                           cut.response_truncated, len(rows), self.gvm.meta.max_length)
+        device = self.gvm.device
+        return (pad_sequences(ids, self.gvm.tokenizer.pad_token_id).to(device),
+                pad_sequences([[1] * len(x) for x in ids], 0).to(device),
+                torch.tensor(starts, device=device), torch.tensor(lengths, device=device))
+
+    @torch.no_grad()
+    def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience:
+        values, slots = self.gvm.slot_values(*self.gvm_inputs(rollout), normalized=False)
+        mask = rollout.seq.response_mask
+        width = mask.shape[1]
+        q = torch.zeros_like(mask)
+        valued = torch.zeros_like(mask)  # response tokens that have a value slot (all but cut-off ones)
+        q[:, : values.shape[1] - 1] = values[:, 1: width + 1].to(mask.device)
+        valued[:, : values.shape[1] - 1] = slots[:, 1: width + 1].to(mask.device)
+        valued = valued * mask
+        q = q * valued
+        v_first = values[:, 0].to(mask.device)
+        if self.normalization in ("stored", "reliability"):  # reliability: then times `weight`
+            mean, std = self.gvm.meta.value_mean, self.gvm.meta.value_std
+        elif self.normalization == "none":  # raw values: the units of the z-scored training scores
+            mean, std = 0.0, 1.0
+        else:  # the rollout batch's own statistics over its response tokens (of every process)
+            mean, var, _ = rollout.stats.masked_moments(q, valued)
+            std = var.sqrt()
+        q_norm = dvpo_value_advantages(q, valued, mode="stored", mean=mean, std=std) * self.weight
+        v_first = standardize(v_first, mean, std) * self.weight
+        penalty = kl_coef * kl if self.kl_in_reward else torch.zeros_like(kl)
+        if self.advantage == "gae":
+            advantages, _ = dvpo_critic_advantages(q_norm, v_first, valued, penalty, self.gamma, self.lam)
+        elif self.advantage == "difference":
+            advantages = dvpo_difference_advantages(q_norm, valued, self.gamma, v_first=v_first) - penalty * valued
+        else:
+            advantages = q_norm - penalty * valued
+        batch_mean = lambda x: rollout.stats.masked_moments(x, mask)[0].item()  # noqa: E731 (token mean, all processes)
+        return Experience(advantages, {"value_mean": batch_mean(q), "advantage_mean": batch_mean(advantages)})

@@ -1,0 +1,63 @@
+"""PPO: the sequence reward on the last token, −β·KL_t on every token, GAE over a critic trained in the
+same step with a clipped value loss (the loop whitens the advantages): the community recipe of "The N+
+implementation details of RLHF with PPO" (Huang et al. 2024), as in TRL and OpenRLHF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from dvpo.algos.ppo import clipped_value_loss, gae, per_token_rewards
+from dvpo.rollout.experience import Sequences, critic_values, unpadded_rows
+from dvpo.trainers.sources.base import Experience, RewardSource, Rollout
+from dvpo.trainers.sources.scoring import SequenceScorer
+
+
+class PpoSource(RewardSource):
+    name: ClassVar[str] = "ppo"
+    whiten_default = True
+
+    def __init__(self, scorer: SequenceScorer, critic, gamma: float, lam: float, value_clip: float,
+                 kl_in_reward: bool):
+        self.scorer = scorer
+        self.use_trained([critic])
+        self.gamma, self.lam, self.value_clip = gamma, lam, value_clip
+        self.kl_in_reward = kl_in_reward
+
+    @classmethod
+    def build(cls, cfg, device, policy, reference, tokenizer):
+        from dvpo.models.value_model import build_value_model
+
+        critic = build_value_model(cfg.critic_init or default_critic_init(cfg), cfg.dtype, fsdp=cfg.fsdp).to(device)
+        return cls(SequenceScorer.from_config(cfg, device), critic, cfg.gamma, cfg.gae_lambda, cfg.value_clip,
+                   cfg.kl_penalty == "reward"), reference
+
+    def use_trained(self, modules: list) -> None:
+        """The critic as the loop trains it (wrapped for data parallelism after `accelerator.prepare`)."""
+        [self.critic] = modules
+        self.trainable = [self.critic]
+
+    @torch.no_grad()
+    def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience:
+        seq = rollout.seq
+        mask = seq.response_mask
+        scores = self.scorer(unpadded_rows(seq), rollout.prompts, rollout.texts, rollout.columns).to(mask.device)
+        values = critic_values(self.critic, seq)
+        rewards = per_token_rewards(scores, kl, mask, kl_coef if self.kl_in_reward else 0.0)
+        advantages, returns = gae(values, rewards, mask, self.gamma, self.lam)
+        return Experience(advantages, {"reward_mean": scores.mean().item(),
+                                       "value_mean": rollout.stats.masked_moments(values, mask)[0].item()},
+                          old_values=values, returns=returns)
+
+    def value_loss(self, seq: Sequences, exp: Experience):
+        values = critic_values(self.critic, seq)
+        loss, clip_frac = clipped_value_loss(values, exp.old_values, exp.returns, seq.response_mask, self.value_clip)
+        return loss, {"value_loss": loss.item(), "value_clip_frac": float(clip_frac)}
+
+
+def default_critic_init(cfg) -> str:
+    """The reward model's own weights when it was fully fine-tuned (N+ details), else the policy."""
+    full_rm = Path(cfg.reward_model) / "model" / "config.json" if cfg.reward_model else None
+    return str(full_rm.parent) if full_rm is not None and full_rm.is_file() else cfg.policy
