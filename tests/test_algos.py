@@ -17,6 +17,7 @@ from dvpo.algos.advantages import (
     dvpo_difference_advantages,
     dvpo_value_advantages,
     group_normalized_advantages,
+    leave_one_out_advantages,
     reliability_weight,
     remax_advantages,
 )
@@ -491,6 +492,25 @@ def test_group_normalized_advantages_by_hand():
         group_normalized_advantages(r, group_size=4)
     with pytest.raises(ValueError):
         group_normalized_advantages(r, group_size=1)
+
+
+def test_leave_one_out_advantages_by_hand_and_against_a_loop():
+    r = torch.tensor([1.0, 2.0, 6.0, 0.0, 4.0], dtype=D)[:4]  # groups [1, 2] and [6, 0]
+    assert leave_one_out_advantages(r, 2).tolist() == [-1.0, 1.0, 6.0, -6.0]
+    rng = np.random.default_rng(3)
+    rewards = rng.normal(size=12)
+    expected = [rewards[i] - np.mean([rewards[j] for j in range(i // 4 * 4, i // 4 * 4 + 4) if j != i])
+                for i in range(12)]
+    got = leave_one_out_advantages(torch.tensor(rewards, dtype=D), 4)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+    # RLOO is (k / (k - 1)) times the group-mean baseline: a known identity (Ahmadian et al. 2024)
+    centred = torch.tensor(rewards).view(3, 4)
+    np.testing.assert_allclose(got.numpy(), (4 / 3 * (centred - centred.mean(dim=1, keepdim=True))).reshape(-1).numpy(),
+                               rtol=1e-12)
+    with pytest.raises(ValueError):
+        leave_one_out_advantages(r, 3)
+    with pytest.raises(ValueError):
+        leave_one_out_advantages(r, 1)
 
 
 def test_remax_and_broadcast():

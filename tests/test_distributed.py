@@ -1,7 +1,7 @@
 """Real multi-process runs: `accelerate launch` with 2 CPU processes over gloo, against 1 process.
 
-Each test checks what the silently-wrong launch modes would get wrong (see
-shared/notes/distributed-on-cpu.md): the world size and ranks the processes saw, that they
+Each test checks what the silently-wrong launch modes would get wrong (docs/rl.md, "Several processes
+on a CPU-only machine"): the world size and ranks the processes saw, that they
 trained on disjoint shares of the data, and that the result matches a single process with the
 same global batch. Runs go one after another (two processes fill both cores).
 """

@@ -334,6 +334,7 @@ def test_rate_scores_samples_with_the_judge_and_keeps_unscored_ones_apart(endpoi
     main(["rate", "--prompts", str(prompts), "--model", str(tiny_model), "--samples", "2", "--max-new-tokens", "4",
           "--out", str(out), "--judge-endpoint", endpoint.url, "--judge-model", "judge-model"])
     rated = [json.loads(line) for line in out.read_text().splitlines()]
-    unscored = [json.loads(line) for line in dvpo.rate.unscored_path(out).read_text().splitlines()]
+    unscored = [json.loads(line) for line in dvpo.rate.excluded_path(out).read_text().splitlines()]
     assert len(calls) == 4 and len(rated) + len(unscored) == 4 and len(rated) >= 1 and len(unscored) >= 1
     assert all(r["score"] == 3 and r["policy"] == tiny_model.name for r in rated)
+    assert all(r["reason"] in ("no judge score", "empty completion") for r in unscored)

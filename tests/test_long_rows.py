@@ -23,7 +23,7 @@ from dvpo.models.reward_model import encode_response, load_reward_model
 from dvpo.models.value_model import load_value_model, value_positions
 from dvpo.rollout.experience import build_sequences
 from dvpo.rollout.sampling import SampledBatch
-from dvpo.trainers.sources.base import Rollout
+from dvpo.rollout.experience import Rollout
 from dvpo.trainers.sources.dvpo import DvpoSource
 from dvpo.trainers.sources.scoring import reward_scores
 from dvpo.trainers.run_dir import COMPLETE_MARKER
@@ -191,7 +191,7 @@ def test_gvm_inputs_of_a_long_rollout_keep_the_prompt_end(short_gvm):
             kept = lengths[row] - 1
             assert ids[row, starts[row] + 1: starts[row] + 1 + kept].tolist() == response[:kept]
             assert starts[row] >= 0 and attention[row, starts[row]] == 1
-        exp = source.experience(rollout, torch.zeros(2, width), kl_coef=0.0)
+        exp = source.advantages(rollout, torch.zeros(2, width), kl_coef=0.0)
         assert exp.advantages.shape == (2, width) and torch.isfinite(exp.advantages).all()
         assert exp.advantages[1, 3:].eq(0).all()  # padding of the short row
         assert exp.advantages[0, GVM_MAX_LENGTH - 1:].eq(0).all()  # cut-off tokens have no value, no advantage

@@ -305,7 +305,7 @@ def test_dvpo_reliability_advantages_are_the_stored_ones_times_the_weight(advant
     from dvpo.distributed import BatchStats
     from dvpo.models.value_model import load_value_model
     from dvpo.rollout.sampling import SampledBatch
-    from dvpo.trainers.sources.base import Rollout
+    from dvpo.rollout.experience import Rollout
     from dvpo.trainers.sources.dvpo import DvpoSource
 
     gvm = load_value_model(tiny_gvm, device="cpu")
@@ -325,7 +325,7 @@ def test_dvpo_reliability_advantages_are_the_stored_ones_times_the_weight(advant
 
     def advantages(normalization, weight=1.0):
         source = DvpoSource(gvm, advantage, normalization, gamma=1.0, lam=0.95, kl_in_reward=False, weight=weight)
-        return source.experience(rollout, kl, kl_coef=0.0).advantages
+        return source.advantages(rollout, kl, kl_coef=0.0).advantages
 
     stored = advantages("stored")
     assert stored.abs().sum() > 0

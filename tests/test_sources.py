@@ -18,10 +18,9 @@ from dvpo.data.tokenize import encode_prompt
 from dvpo.distributed import BatchStats
 from dvpo.errors import RewardFunctionError
 from dvpo.models.loading import load_causal_lm, load_tokenizer
-from dvpo.rollout.experience import build_sequences, critic_values
+from dvpo.rollout.experience import Experience, ExperienceMaker, Rollout, build_sequences, critic_values
 from dvpo.rollout.sampling import SampledBatch
 from dvpo.trainers.sources import SOURCE_NAMES, SOURCES, source_class
-from dvpo.trainers.sources.base import Rollout
 from dvpo.trainers.sources.scoring import SequenceScorer
 from dvpo.user_functions import RewardFunction
 
@@ -173,7 +172,7 @@ def test_dvpo_reads_tau_from_another_prompt_and_values_every_response_token(tiny
     source = DvpoSource(gvm, "value", "none", gamma=1.0, lam=0.95, kl_in_reward=False)
     ids, attention, starts, lengths = source.gvm_inputs(rollout)
     mask = rollout.seq.response_mask
-    advantages = source.experience(rollout, torch.zeros_like(mask), kl_coef=0.0).advantages
+    advantages = source.advantages(rollout, torch.zeros_like(mask), kl_coef=0.0).advantages
     partners = sample_tau_sets(PROMPTS, [None] * 4, rollout.seed, pairs=1)
     assert all(PROMPTS[j] != PROMPTS[i] for i, [j] in enumerate(partners))
     for i, (prompt, response) in enumerate(zip(PROMPTS, RESPONSES)):
@@ -200,7 +199,7 @@ def test_ppo_gae_runs_over_the_critic_with_the_score_on_the_last_token(tiny_mode
     mask = rollout.seq.response_mask
     kl = torch.rand(mask.shape, generator=torch.Generator().manual_seed(0)) * mask
     beta, lam = 0.3, 0.9
-    exp = PpoSource(scorer, critic, gamma=1.0, lam=lam, value_clip=0.2, kl_in_reward=True).experience(rollout, kl, beta)
+    exp = PpoSource(scorer, critic, gamma=1.0, lam=lam, value_clip=0.2, kl_in_reward=True).advantages(rollout, kl, beta)
     with torch.no_grad():
         values = critic_values(critic, rollout.seq).double()
     for i, response in enumerate(RESPONSES):
@@ -217,7 +216,9 @@ def test_ppo_gae_runs_over_the_critic_with_the_score_on_the_last_token(tiny_mode
         torch.testing.assert_close(exp.returns[i, :n].double(), torch.tensor(expected, dtype=torch.float64)
                                    + values[i, :n], atol=1e-4, rtol=1e-4)
     assert exp.metrics["reward_mean"] == pytest.approx(sum(len(r.split()) for r in RESPONSES) / 4)
-    loss, stats = PpoSource(scorer, critic, 1.0, lam, 0.2, True).value_loss(rollout.seq, exp)
+    zeros = torch.zeros_like(mask)
+    experience = Experience(rollout.seq, zeros, zeros, kl, exp.advantages, exp.old_values, exp.returns)
+    loss, stats = PpoSource(scorer, critic, 1.0, lam, 0.2, True).value_loss(experience.rows(torch.tensor([0, 2])))
     assert loss.item() > 0 and "value_clip_frac" in stats
 
 
@@ -228,7 +229,7 @@ def test_grpo_standardises_within_each_prompts_group(tokenizer, tmp_path):
     prompts = ["sort 3 1 2"] * 2 + ["reverse 7 8 9"] * 2
     responses = ["1 2 3", "1 2", "9 8 7", "9 8 7"]
     rollout = hand_rollout(tokenizer, prompts, responses)
-    exp = GrpoSource(scorer, group_size=2).experience(rollout, torch.zeros_like(rollout.seq.response_mask), 0.0)
+    exp = GrpoSource(scorer, group_size=2).advantages(rollout, torch.zeros_like(rollout.seq.response_mask), 0.0)
     first = (3 - 2.5) / (math.sqrt(0.5) + 1e-4)  # unbiased std of (3, 2) is sqrt(0.5)
     assert exp.advantages[0, 0].item() == pytest.approx(first, rel=1e-5)
     assert exp.advantages[1, 0].item() == pytest.approx(-first, rel=1e-5)
@@ -247,7 +248,7 @@ def test_rloo_baseline_is_the_mean_of_the_others_with_the_kl_in_the_reward(token
     mask = rollout.seq.response_mask
     kl = torch.full(mask.shape, 0.5) * mask
     beta = 0.2
-    exp = RlooSource(scorer, group_size=3, kl_in_reward=True).experience(rollout, kl, beta)
+    exp = RlooSource(scorer, group_size=3, kl_in_reward=True).advantages(rollout, kl, beta)
     rewards = [len(r.split()) - beta * 0.5 * int(mask[i].sum()) for i, r in enumerate(responses)]
     for i in range(6):
         group = rewards[(i // 3) * 3:(i // 3) * 3 + 3]
@@ -264,7 +265,7 @@ def test_remax_baseline_is_the_reward_of_the_policys_greedy_response(tiny_model,
     policy = load_causal_lm(str(tiny_model)).eval()
     rollout = hand_rollout(tokenizer, PROMPTS, RESPONSES)
     source = RemaxSource(scorer, policy, tokenizer, max_new_tokens=6, kl_in_reward=False)
-    exp = source.experience(rollout, torch.zeros_like(rollout.seq.response_mask), 0.0)
+    exp = source.advantages(rollout, torch.zeros_like(rollout.seq.response_mask), 0.0)
     greedy_lengths = []
     for prompt in PROMPTS:  # one prompt at a time: no padding in the reference
         one = build_sequences(sample(policy, [encode_prompt(tokenizer, prompt)], tokenizer.pad_token_id,
@@ -274,6 +275,33 @@ def test_remax_baseline_is_the_reward_of_the_policys_greedy_response(tiny_model,
     for i, response in enumerate(RESPONSES):
         assert exp.advantages[i, 0].item() == pytest.approx(len(response.split()) - greedy_lengths[i])
     assert exp.metrics["greedy_reward_mean"] == pytest.approx(sum(greedy_lengths) / 4)
+
+
+def test_the_experience_maker_fills_one_experience(tiny_model, tokenizer, tmp_path):
+    """Old and reference log-probs, KL, the source's advantages whitened over the batch, in one object; with one
+    update per step the old log-probs are the update's own forward, detached."""
+    from dvpo.algos.masked import masked_mean, masked_var
+    from dvpo.rollout.experience import frozen_logprobs
+    from dvpo.trainers.sources.grpo import GrpoSource
+
+    scorer = SequenceScorer(functions=[RewardFunction(f"{write_reward_file(tmp_path, LENGTH_REWARD)}:length")])
+    policy = load_causal_lm(str(tiny_model)).eval()
+    rollout = hand_rollout(tokenizer, ["sort 3 1 2"] * 2 + ["reverse 7 8 9"] * 2, ["1 2 3", "1", "9 8", "7"])
+    source = GrpoSource(scorer, group_size=2)
+    for one_update in (False, True):
+        maker = ExperienceMaker(policy, policy, source, BatchStats(), temperature=1.0, rows=2, whiten=True,
+                                one_update=one_update)
+        experience, live = maker.make(rollout, kl_coef=0.1)
+        assert (live is not None) == one_update and experience.seq is rollout.seq
+        torch.testing.assert_close(experience.old_logp, frozen_logprobs(policy, rollout.seq, 1.0, 4))
+        torch.testing.assert_close(experience.ref_logp, experience.old_logp)
+        assert experience.kl.abs().max() < 1e-6  # the policy is its own reference
+        mask = experience.mask
+        assert masked_mean(experience.advantages, mask).abs() < 1e-6
+        assert masked_var(experience.advantages, mask, unbiased=True) == pytest.approx(1.0, abs=1e-4)
+        assert "reward_mean" in experience.metrics
+        half = experience.rows(torch.tensor([1, 3]))
+        torch.testing.assert_close(half.advantages, experience.advantages[[1, 3]])
 
 
 # --- through `dvpo rl` ----------------------------------------------------------------------------------

@@ -92,10 +92,10 @@ class Scorer:
 
 
 def rated_so_far(out: Path) -> Counter:
-    """How many responses each (policy, prompt) already has in `out` (and in its unscored file); a last line
+    """How many responses each (policy, prompt) already has in `out` (and in its excluded file); a last line
     cut short by a kill is removed, since its batch is sampled again."""
     done: Counter = Counter()
-    for path in (out, unscored_path(out)):
+    for path in (out, excluded_path(out)):
         if not path.is_file():
             continue
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -109,8 +109,9 @@ def rated_so_far(out: Path) -> Counter:
     return done
 
 
-def unscored_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".unscored.jsonl")
+def excluded_path(out: Path) -> Path:
+    """Where sampled responses that rated data cannot hold go, each with its reason: nothing is dropped."""
+    return out.with_name(out.stem + ".excluded.jsonl")
 
 
 def run_rate(cfg: RateConfig) -> Path:
@@ -120,7 +121,7 @@ def run_rate(cfg: RateConfig) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     done = rated_so_far(out)
     scorer = Scorer(cfg)
-    written = unscored = 0
+    written = left_out = 0
     try:
         for m, (model_name, policy) in enumerate(zip(cfg.model, names)):
             todo = [i for i, r in enumerate(rows) if done[(policy, repr(r["prompt"]))] < cfg.samples]
@@ -144,19 +145,20 @@ def run_rate(cfg: RateConfig) -> Path:
                 prompts = [r["prompt"] for r in picked]
                 columns = [{k: v for k, v in r.items() if k != "prompt"} for r in picked]
                 scores = scorer(prompts, texts, columns)
-                good = [{"prompt": p, "completion": c, "score": s, "policy": policy}
-                        for p, c, s in zip(prompts, texts, scores) if s is not None]
-                bad = [{"prompt": p, "completion": c, "policy": policy}
-                       for p, c, s in zip(prompts, texts, scores) if s is None]
+                rated = [{"prompt": p, "completion": c, "score": s, "policy": policy}
+                         for p, c, s in zip(prompts, texts, scores)]
+                good = [r for r in rated if r["score"] is not None and r["completion"].strip()]
+                excluded = [{**r, "reason": "no judge score" if r["score"] is None else "empty completion"}
+                            for r in rated if r["score"] is None or not r["completion"].strip()]
                 _append(out, good)
-                _append(unscored_path(out), bad)
-                written, unscored = written + len(good), unscored + len(bad)
+                _append(excluded_path(out), excluded)
+                written, left_out = written + len(good), left_out + len(excluded)
             del model
     finally:
         scorer.close()
-    if unscored:
-        logger.warning("%d responses got no parsable judge score; they are kept in %s, not in %s", unscored,
-                       unscored_path(out), out)
+    if left_out:
+        logger.warning("%d responses are not in %s (empty, which rated data cannot hold, or without a parsable "
+                       "judge score); they are kept, with the reason, in %s", left_out, out, excluded_path(out))
     logger.info("rated %d responses into %s (%d models x %d prompts x %d samples in all)", written, out,
                 len(cfg.model), len(rows), cfg.samples)
     return out

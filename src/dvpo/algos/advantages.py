@@ -146,15 +146,8 @@ def dvpo_critic_advantages(
     return gae(state_values, rewards, m, gamma, lam)
 
 
-def group_normalized_advantages(
-    rewards: torch.Tensor, group_size: int, eps: float = 1e-4
-) -> torch.Tensor:
-    """GRPO advantage (Shao et al. 2024; TRL ``GRPOTrainer``): ``(r - mean_g) / (std_g + eps)``.
-
-    ``rewards`` is ``[N]`` with ``N = n_prompts * group_size``, ordered prompt-major
-    (the ``group_size`` samples of a prompt are consecutive). ``std_g`` is the
-    unbiased sample std of the group, as in TRL. Returns ``[N]``, detached.
-    """
+def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Prompt-major rewards ``[N]`` as ``[N / group_size, group_size]``, detached, in a float dtype."""
     r = rewards.detach()
     if r.dim() != 1:
         raise ValueError(f"rewards must be 1-D [N], got shape {tuple(r.shape)}")
@@ -164,7 +157,19 @@ def group_normalized_advantages(
         raise ValueError(f"{r.numel()} rewards are not a whole number of groups of {group_size}")
     if not r.is_floating_point():
         r = r.to(torch.get_default_dtype())
-    g = r.view(-1, group_size)
+    return r.view(-1, group_size)
+
+
+def group_normalized_advantages(
+    rewards: torch.Tensor, group_size: int, eps: float = 1e-4
+) -> torch.Tensor:
+    """GRPO advantage (Shao et al. 2024; TRL ``GRPOTrainer``): ``(r - mean_g) / (std_g + eps)``.
+
+    ``rewards`` is ``[N]`` with ``N = n_prompts * group_size``, ordered prompt-major
+    (the ``group_size`` samples of a prompt are consecutive). ``std_g`` is the
+    unbiased sample std of the group, as in TRL. Returns ``[N]``, detached.
+    """
+    g = _groups(rewards, group_size)
     mean = g.mean(dim=1, keepdim=True)
     std = g.std(dim=1, keepdim=True)
     return ((g - mean) / (std + eps)).reshape(-1)
@@ -173,16 +178,7 @@ def group_normalized_advantages(
 def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """RLOO advantage (Ahmadian et al. 2024; TRL ``RLOOTrainer``): ``r_i - mean_{j != i} r_j`` within each
     group of ``group_size`` consecutive samples of one prompt (prompt-major, as for GRPO). ``[N]``, detached."""
-    r = rewards.detach()
-    if r.dim() != 1:
-        raise ValueError(f"rewards must be 1-D [N], got shape {tuple(r.shape)}")
-    if group_size < 2:
-        raise ValueError(f"group_size must be at least 2 for a leave-one-out baseline, got {group_size}")
-    if r.numel() % group_size:
-        raise ValueError(f"{r.numel()} rewards are not a whole number of groups of {group_size}")
-    if not r.is_floating_point():
-        r = r.to(torch.get_default_dtype())
-    g = r.view(-1, group_size)
+    g = _groups(rewards, group_size)
     others_mean = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)
     return (g - others_mean).reshape(-1)
 

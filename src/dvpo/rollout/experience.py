@@ -1,17 +1,20 @@
-"""From a sampled batch to the tensors every algorithm needs: full sequences and per-token log-probs.
+"""From a sampled batch to what one RL step learns from: sequences, per-token log-probs, and the `Experience`.
 
 A sequence is `[left-padded prompt ; right-padded response]`. Position ids are computed from
 the attention mask, so a left-padded row gets the same positions as during generation and the
-training forward reproduces the sampling log-probs.
+training forward reproduces the sampling log-probs. `ExperienceMaker` turns a `Rollout` into one
+`Experience` (as OpenRLHF's experience maker does): the algorithm's advantage source adds only its
+`Advantages`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from dvpo.algos.ppo import entropy_from_logits, logprobs_from_logits
+from dvpo.algos.ppo import entropy_from_logits, kl_k1, logprobs_from_logits
+from dvpo.distributed import BatchStats
 from dvpo.rollout.sampling import SampledBatch
 
 
@@ -88,3 +91,86 @@ def unpadded_rows(seq: Sequences) -> list[tuple[list[int], list[int]]]:
         response = seq.response_ids[i][seq.response_mask[i].bool()]
         rows.append((prompt.tolist(), response.tolist()))
     return rows
+
+
+@dataclass
+class Rollout:
+    """This process's share of a rollout batch, with what a source may need of the whole batch."""
+
+    seq: Sequences
+    prompts: list                 # this process's rows
+    texts: list[str]
+    all_prompts: list             # every row of the global batch, on every process
+    all_texts: list[str]
+    offset: int                   # index of this process's first row in the global batch
+    stats: BatchStats = field(default_factory=BatchStats)
+    columns: list[dict] = field(default_factory=list)  # this process's rows' other prompt-file fields (reward fns)
+    seed: int = 0                 # of the step's own random choices (DVPO's tau), the same on every process
+
+
+@dataclass
+class Advantages:
+    """What an advantage source adds to a step's experience."""
+
+    advantages: torch.Tensor                      # [B, R]
+    metrics: dict = field(default_factory=dict)
+    old_values: torch.Tensor | None = None        # a trained critic's values at rollout time
+    returns: torch.Tensor | None = None
+
+
+@dataclass
+class Experience:
+    """Everything the update of one step reads: the sequences and their response mask, the old and the
+    reference log-probs, the per-token KL (k1), the source's advantages (and a critic's values and returns),
+    and the step's experience metrics. `rows` slices one minibatch."""
+
+    seq: Sequences
+    old_logp: torch.Tensor                        # [B, R]
+    ref_logp: torch.Tensor                        # [B, R]
+    kl: torch.Tensor                              # [B, R], k1 on response tokens
+    advantages: torch.Tensor                      # [B, R]
+    old_values: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.seq.response_mask
+
+    def rows(self, index: torch.Tensor) -> "Experience":
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return Experience(self.seq.rows(index), self.old_logp[index], self.ref_logp[index], self.kl[index],
+                          self.advantages[index], pick(self.old_values), pick(self.returns))
+
+
+class ExperienceMaker:
+    """The experience phase of a step: old and reference log-probs, per-token KL, the source's advantages,
+    whitened over the whole batch when asked.
+
+    With one update per step (`one_update`) the update is on-policy: the update's own forward, detached,
+    gives the old log-probs (as TRL's GRPO does), which saves one forward pass of the policy; that
+    forward, with its graph, is returned beside the experience for the update to reuse.
+    """
+
+    def __init__(self, policy, reference, source, stats: BatchStats, temperature: float, rows: int,
+                 whiten: bool, one_update: bool, unwrap=lambda model: model):
+        self.policy, self.reference, self.source, self.stats = policy, reference, source, stats
+        self.temperature, self.rows, self.whiten, self.one_update = temperature, rows, whiten, one_update
+        self.unwrap = unwrap
+
+    def make(self, rollout: Rollout, kl_coef: float) -> tuple[Experience, tuple | None]:
+        seq = rollout.seq
+        live = None
+        if self.one_update:
+            self.policy.train()
+            live = response_logprobs(self.policy, seq, self.temperature, with_entropy=True)
+            old_logp = live[0].detach()
+        else:
+            old_logp = frozen_logprobs(self.unwrap(self.policy), seq, self.temperature, self.rows)
+        ref_logp = frozen_logprobs(self.reference, seq, self.temperature, self.rows)
+        kl = kl_k1(old_logp, ref_logp) * seq.response_mask
+        added = self.source.advantages(rollout, kl, kl_coef)
+        advantages = (self.stats.masked_whiten(added.advantages, seq.response_mask) if self.whiten
+                      else added.advantages)
+        return Experience(seq, old_logp, ref_logp, kl, advantages, added.old_values, added.returns,
+                          added.metrics), live

@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -26,29 +26,26 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from dvpo.algos.masked import masked_mean
-from dvpo.algos.ppo import AdaptiveKLController, FixedKLController, kl_k1, kl_k3, ppo_clip_loss
-from dvpo.errors import ConfigError
-from dvpo.stage_options import RlConfig
+from dvpo.algos.ppo import AdaptiveKLController, FixedKLController, kl_k3, ppo_clip_loss
 from dvpo.data.formats import load_rows
 from dvpo.data.tokenize import encode_prompt, ensure_pad_token
+from dvpo.distributed import BatchStats, deepspeed_requested, make_accelerator, parameters_held, shard_bounds
+from dvpo.errors import ConfigError, NonFiniteLoss, PolicyRunaway, RunInterrupted
 from dvpo.eval.plots import plot_metrics
 from dvpo.eval.rl_eval import PromptScorer
 from dvpo.models.frozen import AdapterOff
 from dvpo.models.loading import load_causal_lm, load_tokenizer
-from dvpo.rollout.experience import build_sequences, frozen_logprobs, response_logprobs
+from dvpo.rollout.experience import Experience, ExperienceMaker, Rollout, build_sequences, response_logprobs
 from dvpo.rollout.sampling import SharedNoise, sample
-from dvpo.trainers.sources import source_class
-from dvpo.user_functions import load_function
-from dvpo.trainers.sources.base import Rollout
-from dvpo.distributed import BatchStats, deepspeed_requested, make_accelerator, parameters_held, shard_bounds
+from dvpo.stage_options import RlConfig
 from dvpo.trainers.common import write_process_record
+from dvpo.trainers.interrupts import STOP
 from dvpo.trainers.metrics import peak_memory_bytes
 from dvpo.trainers.rl_state import RlCheckpointer
-from dvpo.trainers.runaway import RunawayGuard
-from dvpo.errors import PolicyRunaway
-from dvpo.trainers.interrupts import STOP
-from dvpo.errors import NonFiniteLoss, RunInterrupted
 from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
+from dvpo.trainers.runaway import RunawayGuard
+from dvpo.trainers.sources import source_class
+from dvpo.user_functions import load_function
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +143,35 @@ def prepare_models(cfg: RlConfig, accelerator, policy, source):
     return policy, optimizer, side_optimizer
 
 
+@dataclass
+class RlRun:
+    """What the loop and the final save share, built once by `set_up`."""
+
+    cfg: RlConfig
+    accelerator: object
+    folder: Path
+    tokenizer: object
+    policy: object
+    controller: object
+    checkpointer: RlCheckpointer
+    loop: "RlLoop"
+    start_step: int
+    trackers: list | None
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.folder / "metrics.jsonl"
+
+
 def run_rl(cfg: RlConfig) -> Path:
+    run = set_up(cfg)
+    train(run)
+    return save(run)
+
+
+def set_up(cfg: RlConfig) -> RlRun:
+    """Every check before any file is written; then the folder, the models, the source, the optimizers and the
+    last checkpoint's state."""
     trackers = None if cfg.report_to == "none" else [cfg.report_to]
     accelerator = make_accelerator(log_with=trackers, project_dir=str(cfg.out))
     check_config(cfg, accelerator.num_processes)
@@ -158,7 +183,6 @@ def run_rl(cfg: RlConfig) -> Path:
         ds_config["gradient_clipping"] = 1.0
     if trackers:
         accelerator.init_trackers("dvpo-rl", config=asdict(cfg))
-    main_process = accelerator.is_main_process
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.policy)
     ensure_pad_token(tokenizer)
@@ -167,56 +191,70 @@ def run_rl(cfg: RlConfig) -> Path:
         raise ValueError(f"{cfg.prompts}: RL needs at least two prompts")
     policy, reference = load_policy_and_reference(cfg, accelerator.device)
     source, reference = source_class(cfg.algo).build(cfg, accelerator.device, policy, reference, tokenizer)
-    policy, optimizer, critic_optimizer = prepare_models(cfg, accelerator, policy, source)
+    policy, optimizer, side_optimizer = prepare_models(cfg, accelerator, policy, source)
     controller = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
                   else FixedKLController(cfg.kl_coef))
-    sharded = [(policy, optimizer), *((module, critic_optimizer) for module in source.trainable)]
+    sharded = [(policy, optimizer), *((module, side_optimizer) for module in source.trainable)]
     checkpointer = RlCheckpointer(folder, cfg.keep_checkpoints, accelerator, sharded if cfg.fsdp else [])
     start_step = checkpointer.restore(controller)
-    loop = RlLoop(cfg, accelerator, policy, reference, source, optimizer, critic_optimizer, controller, tokenizer,
+    loop = RlLoop(cfg, accelerator, policy, reference, source, optimizer, side_optimizer, controller, tokenizer,
                   rows)
-    metrics_path = folder / "metrics.jsonl"
-    if main_process:
-        truncate_metrics(metrics_path, start_step)
-    accelerator.wait_for_everyone()
-    guard = RunawayGuard.resumed(cfg.max_kl, cfg.max_length_ratio, metrics_path)
+    return RlRun(cfg, accelerator, folder, tokenizer, policy, controller, checkpointer, loop, start_step, trackers)
 
-    progress = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=f"rl {cfg.algo}",
-                    disable=not main_process)
+
+def train(run: RlRun) -> None:
+    """The steps from the last checkpoint on: log each, evaluate, guard against a runaway policy, checkpoint, and
+    stop cleanly on a signal."""
+    cfg, accelerator, loop = run.cfg, run.accelerator, run.loop
+    main_process = accelerator.is_main_process
+    if main_process:
+        truncate_metrics(run.metrics_path, run.start_step)
+    accelerator.wait_for_everyone()
+    guard = RunawayGuard.resumed(cfg.max_kl, cfg.max_length_ratio, run.metrics_path)
+    progress = tqdm(range(run.start_step, cfg.steps), initial=run.start_step, total=cfg.steps,
+                    desc=f"rl {cfg.algo}", disable=not main_process)
     for step in progress:
         record = loop.step(step)
         due = (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps
         if loop.scorer.eval_prompts and due:
-            record.update(loop.scorer.evaluate(accelerator.unwrap_model(policy), tokenizer, cfg, accelerator.device,
-                                             loop.stats, noise_seed=step_seed(cfg.seed, step, 2)))
+            record.update(loop.scorer.evaluate(accelerator.unwrap_model(run.policy), run.tokenizer, cfg,
+                                               accelerator.device, loop.stats,
+                                               noise_seed=step_seed(cfg.seed, step, 2)))
         runaway = None
         try:
-            guard.check(record, str(checkpointer.root))
+            guard.check(record, str(run.checkpointer.root))
         except PolicyRunaway as error:
             runaway = error
         if main_process:
-            with open(metrics_path, "a", encoding="utf-8") as f:
+            with open(run.metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         if runaway:
             raise runaway
-        if trackers:
+        if run.trackers:
             accelerator.log(record, step=step + 1)
         progress.set_postfix({k: round(record[k], 3) for k in ("score", "kl", "eval_score") if k in record})
         if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
             raise FloatingPointError(f"non-finite metric at step {step + 1}: {record}; "
-                                     f"the last good checkpoint is kept in {checkpointer.root}")
+                                     f"the last good checkpoint is kept in {run.checkpointer.root}")
         last, periodic = step + 1 == cfg.steps, (step + 1) % cfg.save_every == 0
         if periodic and not last:
-            checkpointer.save(step + 1, controller)
+            run.checkpointer.save(step + 1, run.controller)
         signum = None if last else STOP.requested()
         if signum:
             if not periodic:
-                checkpointer.save(step + 1, controller)
-            raise RunInterrupted(signum, step + 1, checkpointer.root)
-    final = accelerator.unwrap_model(policy)
+                run.checkpointer.save(step + 1, run.controller)
+            raise RunInterrupted(signum, step + 1, run.checkpointer.root)
+
+
+def save(run: RlRun) -> Path:
+    """The trained policy as a plain model folder (LoRA merged), its tokenizer, processes.json, metrics.png,
+    and the completion marker last."""
+    cfg, accelerator, folder = run.cfg, run.accelerator, run.folder
+    main_process = accelerator.is_main_process
+    final = accelerator.unwrap_model(run.policy)
     write_process_record(folder, {"rank": accelerator.process_index, "world_size": accelerator.num_processes,
                                   "distributed_type": accelerator.distributed_type.value, "fsdp": cfg.fsdp,
-                                  "parameters_held": parameters_held(final), "rows": loop.my_rows(cfg.steps)},
+                                  "parameters_held": parameters_held(final), "rows": run.loop.my_rows(cfg.steps)},
                          accelerator.num_processes, main_process)
     accelerator.wait_for_everyone()
     if cfg.fsdp:
@@ -226,14 +264,14 @@ def run_rl(cfg: RlConfig) -> Path:
             final = final.merge_and_unload()  # a plain model, like every other stage writes
             state = final.state_dict()
         else:
-            state = accelerator.get_state_dict(policy)  # gathers ZeRO-3 shards on every process
+            state = accelerator.get_state_dict(run.policy)  # gathers ZeRO-3 shards on every process
         if main_process:
             final.save_pretrained(folder, state_dict=state)
     if main_process:
-        tokenizer.save_pretrained(folder)
-        plot_metrics(metrics_path, ("score", "eval_score", "reward_mean", "kl", "kl_coef", "entropy",
-                                    "response_length", "length_ratio", "clip_frac"), folder / "metrics.png")
-    if trackers:
+        run.tokenizer.save_pretrained(folder)
+        plot_metrics(run.metrics_path, ("score", "eval_score", "reward_mean", "kl", "kl_coef", "entropy",
+                                        "response_length", "length_ratio", "clip_frac"), folder / "metrics.png")
+    if run.trackers:
         accelerator.end_training()
     if main_process:
         mark_complete(folder, stage="rl", algo=cfg.algo, steps=cfg.steps, processes=accelerator.num_processes)
@@ -244,10 +282,10 @@ def run_rl(cfg: RlConfig) -> Path:
 class RlLoop:
     """One RL step on this process's share of the rollout batch."""
 
-    def __init__(self, cfg, accelerator, policy, reference, source, optimizer, critic_optimizer, controller,
+    def __init__(self, cfg, accelerator, policy, reference, source, optimizer, side_optimizer, controller,
                  tokenizer, rows):
-        self.cfg, self.accelerator, self.policy, self.reference = cfg, accelerator, policy, reference
-        self.source, self.optimizer, self.critic_optimizer = source, optimizer, critic_optimizer
+        self.cfg, self.accelerator, self.policy = cfg, accelerator, policy
+        self.source, self.optimizer, self.side_optimizer = source, optimizer, side_optimizer
         self.controller, self.tokenizer = controller, tokenizer
         self.prompts = [row["prompt"] for row in rows]
         self.columns = [{k: v for k, v in row.items() if k != "prompt"} for row in rows]  # for reward functions
@@ -255,6 +293,10 @@ class RlLoop:
         self.stats = BatchStats(accelerator)
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.local_mini = cfg.mini_batch_size // self.world  # this process's rows per minibatch
+        whiten = cfg.whiten_advantages == "on" or (cfg.whiten_advantages == "auto" and source.whiten_default)
+        self.one_update = cfg.ppo_epochs == 1 and cfg.mini_batch_size >= cfg.rollout_batch_size
+        self.maker = ExperienceMaker(policy, reference, source, self.stats, cfg.temperature, self.local_mini, whiten,
+                                     self.one_update, unwrap=accelerator.unwrap_model)
 
     def step_indices(self, step: int) -> list[int]:
         """Indices of the step's distinct prompts (every process's), in rollout order."""
@@ -293,78 +335,64 @@ class RlLoop:
         cfg, timings = self.cfg, {}
         started = time.perf_counter()
         rollout = self.rollout(step)
-        seq, mask = rollout.seq, rollout.seq.response_mask
+        mask = rollout.seq.response_mask
         timings["time_generation"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        live = None
-        if cfg.ppo_epochs == 1 and cfg.mini_batch_size >= cfg.rollout_batch_size:
-            # One update per step is on-policy: the update's own forward gives the old log-probs (TRL's GRPO
-            # does the same), which saves a forward pass of the policy.
-            self.policy.train()
-            live = response_logprobs(self.policy, seq, cfg.temperature, with_entropy=True)
-            old_logp = live[0].detach()
-        else:
-            old_logp = frozen_logprobs(self.accelerator.unwrap_model(self.policy), seq, cfg.temperature,
-                                       self.local_mini)
-        ref_logp = frozen_logprobs(self.reference, seq, cfg.temperature, self.local_mini)
-        kl = kl_k1(old_logp, ref_logp) * mask
-        experience = self.source.experience(rollout, kl, self.controller.value)
-        if cfg.whiten_advantages == "on" or (cfg.whiten_advantages == "auto" and self.source.whiten_default):
-            experience.advantages = self.stats.masked_whiten(experience.advantages, mask)
+        experience, live = self.maker.make(rollout, self.controller.value)
         timings["time_forward"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        update_stats = self.update(step, rollout, experience, old_logp, ref_logp, live)
+        update_stats = self.update(step, experience, live)
         timings["time_update"] = time.perf_counter() - started
 
         kl_coef = self.controller.value
-        local = {"kl": kl.sum(dim=1).mean().item(), "response_length": mask.sum(dim=1).mean().item(),
+        local = {"kl": experience.kl.sum(dim=1).mean().item(), "response_length": mask.sum(dim=1).mean().item(),
                  **experience.metrics, **update_stats, **self.scorer.score(rollout.prompts, rollout.texts)}
         record = {"step": step + 1, **self.stats.mean_of(local), "kl_coef": kl_coef, **timings,
                   "time_step": sum(timings.values()), "peak_memory_bytes": peak_memory_bytes()}
         self.controller.update(record["kl"], cfg.rollout_batch_size)
         return record
 
-    def update(self, step: int, rollout: Rollout, experience, old_logp, ref_logp, live=None) -> dict[str, float]:
+    def update(self, step: int, experience: Experience, live=None) -> dict[str, float]:
         """PPO-clip epochs over minibatches; the loss is a token mean over the minibatch of every process.
 
         `live`: (log-probs, entropy) of the whole batch with their graph, when one update covers the batch.
         """
-        cfg, seq = self.cfg, rollout.seq
+        cfg = self.cfg
         self.policy.train()
         for trained in self.source.trainable:
             trained.train()
         collected: dict[str, list[float]] = {}
-        n = seq.input_ids.shape[0]
+        n = experience.seq.input_ids.shape[0]
         shuffle = torch.Generator().manual_seed(step_seed(cfg.seed, step, 1) * 64 + self.rank)
         for _ in range(cfg.ppo_epochs):
             order = torch.arange(n) if live is not None else torch.randperm(n, generator=shuffle)
             for index in order.split(self.local_mini):
-                mb_seq, mb_exp = seq.rows(index), experience.rows(index)
-                mb_mask = mb_seq.response_mask
+                minibatch = experience.rows(index)
+                mb_mask = minibatch.mask
                 tokens = mb_mask.sum()
                 scale = (tokens * self.world / self.stats.sum(tokens.reshape(1))[0].clamp(min=1)).to(tokens.dtype)
-                logp, entropy = live if live is not None else response_logprobs(self.policy, mb_seq, cfg.temperature,
-                                                                                with_entropy=True)
-                loss, stats = ppo_clip_loss(logp, old_logp[index], mb_exp.advantages, mb_mask, cfg.clip_eps)
+                logp, entropy = live if live is not None else response_logprobs(self.policy, minibatch.seq,
+                                                                                cfg.temperature, with_entropy=True)
+                loss, stats = ppo_clip_loss(logp, minibatch.old_logp, minibatch.advantages, mb_mask, cfg.clip_eps)
                 if cfg.kl_penalty == "loss" or self.source.kl_in_loss:
-                    loss = loss + self.controller.value * masked_mean(kl_k3(logp, ref_logp[index]), mb_mask)
-                value_loss, value_stats = self.source.value_loss(mb_seq, mb_exp)
+                    loss = loss + self.controller.value * masked_mean(kl_k3(logp, minibatch.ref_logp), mb_mask)
+                value_loss, value_stats = self.source.value_loss(minibatch)
                 if value_loss is not None:
                     loss = loss + cfg.vf_coef * value_loss
                 total = self.stats.sum(loss.detach().reshape(1))[0]  # every process sees a NaN anywhere
                 if not torch.isfinite(total):
                     raise NonFiniteLoss(step + 1, float(total), Path(cfg.out) / CHECKPOINTS)
                 self.optimizer.zero_grad(set_to_none=True)
-                if self.critic_optimizer:
-                    self.critic_optimizer.zero_grad(set_to_none=True)
+                if self.side_optimizer:
+                    self.side_optimizer.zero_grad(set_to_none=True)
                 self.accelerator.backward(loss * scale)
                 self.accelerator.clip_grad_norm_(self.policy.parameters(), 1.0)
                 self.optimizer.step()
-                if self.critic_optimizer:
+                if self.side_optimizer:
                     self.accelerator.clip_grad_norm_([p for m in self.source.trainable for p in m.parameters()], 1.0)
-                    self.critic_optimizer.step()
+                    self.side_optimizer.step()
                 for key, value in {"clip_frac": float(stats["clip_frac"]), "approx_kl": float(stats["approx_kl"]),
                                    "entropy": masked_mean(entropy, mb_mask).item(), "policy_loss": loss.item(),
                                    **value_stats}.items():

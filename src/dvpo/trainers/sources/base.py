@@ -1,44 +1,16 @@
-"""What every advantage source takes and gives: the `Rollout` of one step, the `Experience` the update
-consumes, and the `AdvantageSource` protocol the loop calls (it knows no algorithm by name)."""
+"""The `AdvantageSource` protocol the RL loop calls (it knows no algorithm by name), and the defaults the
+sources share. A source turns a `Rollout` into `Advantages`; the experience maker (`dvpo.rollout.experience`)
+puts them into the step's one `Experience`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 import torch
 
 from dvpo.errors import ConfigError
-from dvpo.distributed import BatchStats
-from dvpo.rollout.experience import Sequences
+from dvpo.rollout.experience import Advantages, Experience, Rollout
 from dvpo.user_functions import load_function
-
-
-@dataclass
-class Rollout:
-    """This process's share of a rollout batch, with what a source may need of the whole batch."""
-
-    seq: Sequences
-    prompts: list                 # this process's rows
-    texts: list[str]
-    all_prompts: list             # every row of the global batch, on every process
-    all_texts: list[str]
-    offset: int                   # index of this process's first row in the global batch
-    stats: BatchStats = field(default_factory=BatchStats)
-    columns: list[dict] = field(default_factory=list)  # this process's rows' other prompt-file fields (reward fns)
-    seed: int = 0                 # of the step's own random choices (DVPO's tau), the same on every process
-
-
-@dataclass
-class Experience:
-    advantages: torch.Tensor                      # [B, R]
-    metrics: dict = field(default_factory=dict)
-    old_values: torch.Tensor | None = None        # a trained critic's values at rollout time
-    returns: torch.Tensor | None = None
-
-    def rows(self, index: torch.Tensor) -> "Experience":
-        pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return Experience(self.advantages[index], {}, pick(self.old_values), pick(self.returns))
 
 
 class AdvantageSource(Protocol):
@@ -66,9 +38,9 @@ class AdvantageSource(Protocol):
     @classmethod
     def build(cls, cfg, device, policy, reference, tokenizer) -> tuple["AdvantageSource", object]: ...
 
-    def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience: ...
+    def advantages(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Advantages: ...
 
-    def value_loss(self, seq: Sequences, exp: Experience) -> tuple[torch.Tensor | None, dict]: ...
+    def value_loss(self, minibatch: Experience) -> tuple[torch.Tensor | None, dict]: ...
 
     def use_trained(self, modules: list) -> None: ...
 
@@ -101,7 +73,7 @@ class FrozenSignalSource:
         for spec in cfg.reward_fn:
             load_function(spec, "--reward-fn")
 
-    def value_loss(self, seq: Sequences, exp: Experience):
+    def value_loss(self, minibatch: Experience):
         return None, {}
 
     def use_trained(self, modules: list) -> None:

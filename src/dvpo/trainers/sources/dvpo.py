@@ -19,8 +19,8 @@ from dvpo.data.collate import pad_sequences
 from dvpo.data.tau import conditioned_on, sample_tau_sets
 from dvpo.data.tokenize import TruncationStats, encode_prompt, truncate
 from dvpo.errors import ModelError
-from dvpo.rollout.experience import unpadded_rows
-from dvpo.trainers.sources.base import Experience, FrozenSignalSource, Rollout
+from dvpo.rollout.experience import Advantages, Rollout, unpadded_rows
+from dvpo.trainers.sources.base import FrozenSignalSource
 from dvpo.trainers.sources.scoring import signal_weight, warn_if_near_chance
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class DvpoSource(FrozenSignalSource):
                 torch.tensor(starts, device=device), torch.tensor(lengths, device=device))
 
     @torch.no_grad()
-    def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience:
+    def advantages(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Advantages:
         values, slots = self.gvm.slot_values(*self.gvm_inputs(rollout), normalized=False)
         mask = rollout.seq.response_mask
         width = mask.shape[1]
@@ -125,4 +125,4 @@ class DvpoSource(FrozenSignalSource):
         else:
             advantages = q_norm - penalty * valued
         batch_mean = lambda x: rollout.stats.masked_moments(x, mask)[0].item()  # noqa: E731 (token mean, all processes)
-        return Experience(advantages, {"value_mean": batch_mean(q), "advantage_mean": batch_mean(advantages)})
+        return Advantages(advantages, {"value_mean": batch_mean(q), "advantage_mean": batch_mean(advantages)})

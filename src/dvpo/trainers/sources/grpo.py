@@ -8,8 +8,8 @@ from typing import ClassVar
 import torch
 
 from dvpo.algos.advantages import broadcast_sequence_advantage, group_normalized_advantages
-from dvpo.rollout.experience import unpadded_rows
-from dvpo.trainers.sources.base import Experience, RewardSource, Rollout
+from dvpo.rollout.experience import Advantages, Rollout, unpadded_rows
+from dvpo.trainers.sources.base import RewardSource
 from dvpo.trainers.sources.scoring import SequenceScorer
 
 
@@ -30,9 +30,9 @@ class GrpoSource(RewardSource):
         return cls(SequenceScorer.from_config(cfg, device, weighted=False), cfg.group_size), reference
 
     @torch.no_grad()
-    def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience:
+    def advantages(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Advantages:
         mask = rollout.seq.response_mask
         scores = self.scorer(unpadded_rows(rollout.seq), rollout.prompts, rollout.texts,
                              rollout.columns).to(mask.device)
         advantages = group_normalized_advantages(scores, self.group_size)
-        return Experience(broadcast_sequence_advantage(advantages, mask), {"reward_mean": scores.mean().item()})
+        return Advantages(broadcast_sequence_advantage(advantages, mask), {"reward_mean": scores.mean().item()})

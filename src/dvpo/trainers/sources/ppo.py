@@ -10,8 +10,8 @@ from typing import ClassVar
 import torch
 
 from dvpo.algos.ppo import clipped_value_loss, gae, per_token_rewards
-from dvpo.rollout.experience import Sequences, critic_values, unpadded_rows
-from dvpo.trainers.sources.base import Experience, RewardSource, Rollout
+from dvpo.rollout.experience import Advantages, Experience, Rollout, critic_values, unpadded_rows
+from dvpo.trainers.sources.base import RewardSource
 from dvpo.trainers.sources.scoring import SequenceScorer
 
 
@@ -40,20 +40,21 @@ class PpoSource(RewardSource):
         self.trainable = [self.critic]
 
     @torch.no_grad()
-    def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience:
+    def advantages(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Advantages:
         seq = rollout.seq
         mask = seq.response_mask
         scores = self.scorer(unpadded_rows(seq), rollout.prompts, rollout.texts, rollout.columns).to(mask.device)
         values = critic_values(self.critic, seq)
         rewards = per_token_rewards(scores, kl, mask, kl_coef if self.kl_in_reward else 0.0)
         advantages, returns = gae(values, rewards, mask, self.gamma, self.lam)
-        return Experience(advantages, {"reward_mean": scores.mean().item(),
+        return Advantages(advantages, {"reward_mean": scores.mean().item(),
                                        "value_mean": rollout.stats.masked_moments(values, mask)[0].item()},
                           old_values=values, returns=returns)
 
-    def value_loss(self, seq: Sequences, exp: Experience):
-        values = critic_values(self.critic, seq)
-        loss, clip_frac = clipped_value_loss(values, exp.old_values, exp.returns, seq.response_mask, self.value_clip)
+    def value_loss(self, minibatch: Experience):
+        values = critic_values(self.critic, minibatch.seq)
+        loss, clip_frac = clipped_value_loss(values, minibatch.old_values, minibatch.returns, minibatch.mask,
+                                             self.value_clip)
         return loss, {"value_loss": loss.item(), "value_clip_frac": float(clip_frac)}
 
 

@@ -8,9 +8,9 @@ from typing import ClassVar
 import torch
 
 from dvpo.algos.advantages import broadcast_sequence_advantage, remax_advantages
-from dvpo.rollout.experience import build_sequences, unpadded_rows
+from dvpo.rollout.experience import Advantages, Rollout, build_sequences, unpadded_rows
 from dvpo.rollout.sampling import sample
-from dvpo.trainers.sources.base import Experience, RewardSource, Rollout
+from dvpo.trainers.sources.base import RewardSource
 from dvpo.trainers.sources.scoring import SequenceScorer
 
 
@@ -27,7 +27,7 @@ class RemaxSource(RewardSource):
                    cfg.kl_penalty == "reward"), reference
 
     @torch.no_grad()
-    def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience:
+    def advantages(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Advantages:
         seq = rollout.seq
         rows = unpadded_rows(seq)
         greedy = build_sequences(sample(self.policy, [p for p, _ in rows], self.tokenizer.pad_token_id,
@@ -40,5 +40,5 @@ class RemaxSource(RewardSource):
         advantages = broadcast_sequence_advantage(remax_advantages(scores, greedy_scores), mask)
         if self.kl_in_reward:
             advantages = advantages - kl_coef * kl * mask
-        return Experience(advantages, {"reward_mean": scores.mean().item(),
+        return Advantages(advantages, {"reward_mean": scores.mean().item(),
                                        "greedy_reward_mean": greedy_scores.mean().item()})

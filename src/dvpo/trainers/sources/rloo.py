@@ -10,8 +10,8 @@ import torch
 
 from dvpo.algos.advantages import broadcast_sequence_advantage, leave_one_out_advantages
 from dvpo.errors import ConfigError
-from dvpo.rollout.experience import unpadded_rows
-from dvpo.trainers.sources.base import Experience, RewardSource, Rollout
+from dvpo.rollout.experience import Advantages, Rollout, unpadded_rows
+from dvpo.trainers.sources.base import RewardSource
 from dvpo.trainers.sources.scoring import SequenceScorer
 
 
@@ -37,10 +37,10 @@ class RlooSource(RewardSource):
         return cls(SequenceScorer.from_config(cfg, device), cfg.group_size, cfg.kl_penalty == "reward"), reference
 
     @torch.no_grad()
-    def experience(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Experience:
+    def advantages(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Advantages:
         mask = rollout.seq.response_mask
         scores = self.scorer(unpadded_rows(rollout.seq), rollout.prompts, rollout.texts,
                              rollout.columns).to(mask.device)
         rewards = scores - kl_coef * (kl * mask).sum(dim=1) if self.kl_in_reward else scores
         advantages = leave_one_out_advantages(rewards, self.group_size)
-        return Experience(broadcast_sequence_advantage(advantages, mask), {"reward_mean": scores.mean().item()})
+        return Advantages(broadcast_sequence_advantage(advantages, mask), {"reward_mean": scores.mean().item()})
