@@ -159,7 +159,7 @@ def run_rate(cfg: RateConfig) -> Path:
     if left_out:
         logger.warning("%d responses are not in %s (empty, which rated data cannot hold, or without a parsable "
                        "judge score); they are kept, with the reason, in %s", left_out, out, excluded_path(out))
-    logger.info("rated %d responses into %s (%d models x %d prompts x %d samples in all)", written, out,
+    logger.info("rated %d new responses into %s (%d models x %d prompts x %d samples asked in all)", written, out,
                 len(cfg.model), len(rows), cfg.samples)
     return out
 
