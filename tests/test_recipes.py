@@ -11,7 +11,7 @@ import yaml
 
 from dvpo.cli import main
 from dvpo.stage_options import DpoConfig, GenerateConfig, GvmConfig, RlConfig, RmConfig, SftConfig
-from dvpo.pipeline import DEMO, FULL, QUICK, RECIPES, dpo_config, gvm_config, recipe, rl_config, rm_config, sft_config
+from dvpo.pipeline import DEMO, DEMO_QUICK, FULL, QUICK, RECIPES, dpo_config, gvm_config, recipe, rl_config, rm_config, sft_config
 
 REPO_RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "small"
 STAGES = {"sft": SftConfig, "gvm": GvmConfig, "rm": RmConfig, "rl": RlConfig, "dpo": DpoConfig,
@@ -47,6 +47,9 @@ def test_the_pipeline_trains_every_stage_with_its_recipe(tmp_path):
     (tmp_path / "d" / "test_prompts.jsonl").write_text('{"prompt": "Write a haiku."}\n')
     other = rl_config("dvpo", *paths, gvm="g")
     assert other.score_fn is None and other.eval_prompts is None  # other data: no score to monitor
+    quick = (*paths[:3], DEMO_QUICK, 0)  # demo --quick: 3/4 of QUICK's GVM, RM and RL steps, GVM and RM still equal
+    assert (gvm_config(*quick).epochs / QUICK.changes("gvm")["epochs"], rm_config(*quick).epochs * 3,
+            rl_config("dvpo", *quick, gvm="g").steps) == (0.75, 1.5, 32)
     demo = (*paths[:3], DEMO, 0)  # the demo: the GVM and RM on 2/3 of their steps, still as many as each other
     assert (gvm_config(*demo).epochs, rm_config(*demo).epochs, rl_config("dvpo", *demo, gvm="g").steps) == (2, 0.67, 150)
 

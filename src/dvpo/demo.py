@@ -25,7 +25,7 @@ from dvpo.stage_options import DemoConfig
 from dvpo.eval.gvm_accuracy import evaluate_gvm, format_table
 from dvpo.eval.lab_judge import policy_scores
 from dvpo.eval.plots import plot_runs
-from dvpo.pipeline import DEMO, EVAL_SAMPLES, QUICK, Timer, gvm_config, judge_model, prepare_lab, rl_config, \
+from dvpo.pipeline import DEMO, DEMO_QUICK, EVAL_SAMPLES, Timer, gvm_config, judge_model, prepare_lab, rl_config, \
     rm_config, sft_config
 from dvpo.stage_runner import StageRunner
 
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    budget = QUICK if cfg.quick else DEMO
+    budget = DEMO_QUICK if cfg.quick else DEMO
     root = Path(cfg.out)
     if cfg.overwrite and root.exists():
         shutil.rmtree(root)
