@@ -118,7 +118,10 @@ def worker(algo: str, models: dict, args) -> dict:
     name, levers = algo, LEVERS.get(algo, [])
     algo = algo.split("-")[0]
     gvm = models[GVM_OF.get(name, "gvm")]
-    source = ["--gvm", gvm] if algo == "dvpo" else ["--reward-model", models["rm"]]
+    # The benchmark's GVMs are untrained, so they record no validation accuracy for the default `reliability`
+    # weight; `stored` does the same arithmetic.
+    source = (["--gvm", gvm, "--dvpo-normalization", "stored"] if algo == "dvpo"
+              else ["--reward-model", models["rm"]])
     main(["rl", "--algo", algo, *levers, "--policy", models["policy"], "--prompts", models["prompts"], "--out", str(out),
           *source, "--steps", str(args.warmup + args.steps), "--rollout-batch-size", str(args.batch),
           "--mini-batch-size", str(args.mini_batch), "--ppo-epochs", str(args.ppo_epochs),

@@ -54,8 +54,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         models = build_models(Path(tmp), argparse.Namespace(peer=args.peer, size=None, vocab=2978, levers=True,
                                                             prompt_tokens=16))
-        source = (["--gvm", models["gvm-no-tau" if args.no_tau else "gvm"]] if args.algo == "dvpo"
-                  else ["--reward-model", models["rm"]])
+        # untrained GVMs record no validation accuracy for the default `reliability` weight; `stored` costs the same
+        source = (["--gvm", models["gvm-no-tau" if args.no_tau else "gvm"], "--dvpo-normalization", "stored"]
+                  if args.algo == "dvpo" else ["--reward-model", models["rm"]])
         dvpo_main(["rl", "--algo", args.algo, "--policy", models["policy"], "--prompts", models["prompts"],
                    "--out", str(Path(tmp) / "rl"), *source, "--steps", str(args.step), "--rollout-batch-size", "8",
                    "--mini-batch-size", "8", "--ppo-epochs", "1", "--learning-rate", "1e-5", "--kl-coef", "0.05",
