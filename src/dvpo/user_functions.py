@@ -4,6 +4,7 @@ They follow TRL's `reward_funcs` convention, so a function written for TRL works
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -51,8 +52,10 @@ class RewardFunction:
         return torch.tensor(values, dtype=torch.float32)
 
 
+@functools.cache
 def load_function(spec: str, option: str = "--reward-fn"):
-    """The callable named by "path/to/file.py:name" or "module:name"; ConfigError saying what is wrong."""
+    """The callable named by "path/to/file.py:name" or "module:name"; ConfigError saying what is wrong.
+    Cached: the run's checks and its sources ask for the same function, and a user's file runs once."""
     where, _, name = spec.rpartition(":")
     if not where or not name:
         raise ConfigError(f"{option} {spec!r}: expected path/to/file.py:name or module:name")
