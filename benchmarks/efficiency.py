@@ -127,7 +127,7 @@ def worker(algo: str, models: dict, args) -> dict:
           "--mini-batch-size", str(args.mini_batch), "--ppo-epochs", str(args.ppo_epochs),
           "--learning-rate", str(args.lr), "--kl-coef", str(args.kl_coef), "--kl-target", "0",
           "--max-new-tokens", str(args.new_tokens), "--min-new-tokens", str(args.new_tokens),
-          "--save-every", "100000", "--dtype", args.dtype, "--overwrite"])
+          "--save-every", "100000", "--dtype", args.dtype, "--rollout-engine", args.rollout_engine, "--overwrite"])
     return {"records": [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]}
 
 
@@ -157,7 +157,8 @@ def markdown(result: dict) -> str:
     s = result["settings"]
     lines = [f"DVPO vs PPO per RL step — {s['model']} ({result['parameters'] / 1e6:.1f}M parameters each), "
              f"{s['batch']} prompts x {s['new_tokens']} new tokens, {s['ppo_epochs']} PPO epoch(s), "
-             f"{result['device']}, median of {s['steps']} steps after {s['warmup']} warm-up"
+             f"{result['device']}, rollout engine {s.get('rollout_engine', 'hf')}, "
+             f"median of {s['steps']} steps after {s['warmup']} warm-up"
              + (f" in each of {s['repeats']} interleaved runs" if s.get("repeats", 1) > 1 else ""), "",
              "| | peak memory (MB) | s/step | generation | forward passes | update |", "| --- | --- | --- | --- | --- | --- |"]
     for algo in (k for k in ("dvpo", "ppo", *LEVERS) if k in result):
@@ -191,6 +192,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs of each algorithm, interleaved (dvpo, ppo, dvpo, ppo, ...); medians over all")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--rollout-engine", default="auto", choices=["auto", "hf", "static"],
+                        help="how every run decodes (`dvpo rl --rollout-engine`)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's own; 1 with --peer, as the peer note measured)")
     parser.add_argument("--levers", action="store_true", help="also DVPO with LoRA and gradient checkpointing")
@@ -216,7 +219,7 @@ def main() -> None:
                                "mini_batch": args.mini_batch, "ppo_epochs": args.ppo_epochs,
                                "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
                                "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "lr": args.lr,
-                               "kl_coef": args.kl_coef},
+                               "kl_coef": args.kl_coef, "rollout_engine": args.rollout_engine},
                   "parameters": models["parameters"],
                   "device": torch.cuda.get_device_name() if torch.cuda.is_available()
                   else f"CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"}

@@ -1,6 +1,8 @@
 #!/bin/bash
-# One prepared run on a lent GPU machine: the 0.5B efficiency benchmark (DVPO vs PPO and DVPO's levers, bf16),
-# then, if asked with --demo, `dvpo demo --quick` on CUDA.
+# One prepared run on a lent GPU machine, at most 8 minutes: the rollout engines (generate vs the static
+# engine's CUDA graph: a float32 check that both draw the same tokens, then 0.5B bf16 speed beside the
+# bandwidth floor), then the 0.5B efficiency benchmark (DVPO vs PPO, bf16) with each engine; if asked
+# with --demo, `dvpo demo --quick` on CUDA afterwards. DVPO's levers: add --levers to an efficiency line.
 # Usage: bash benchmarks/gpu_check.sh OUT_DIR [--demo]   (wheels for the pinned versions in .whl/ when the
 # machine's own packages differ; see docs/rl.md, "Efficiency")
 set -u
@@ -16,8 +18,15 @@ fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__, '| peft', peft.__version__, '| accelerate', accelerate.__version__)"
 } 2>&1 | tee "$OUT/env.txt"
-timeout 480 python3 benchmarks/efficiency.py --size 0.5b --dtype bfloat16 --batch 32 --mini-batch 8 --prompt-tokens 64 \
-  --new-tokens 128 --steps 5 --warmup 2 --levers --output "$OUT/efficiency_gpu_0.5b.json" 2>&1 | tail -30 | tee "$OUT/efficiency.log"
+timeout 60 python3 benchmarks/rollout.py --size small --dtype float32 --batch 8 --new-tokens 32 --repeats 3 \
+  --output "$OUT/rollout_gpu_small_fp32.json" 2>&1 | tail -3 | tee "$OUT/rollout.log"
+timeout 140 python3 benchmarks/rollout.py --size 0.5b --dtype bfloat16 --batch 32 --prompt-tokens 64 --new-tokens 128 \
+  --repeats 5 --output "$OUT/rollout_gpu_0.5b.json" 2>&1 | tail -3 | tee -a "$OUT/rollout.log"
+for engine in static hf; do
+  timeout $([ $engine = static ] && echo 160 || echo 120) python3 benchmarks/efficiency.py --size 0.5b --dtype bfloat16 \
+    --batch 32 --mini-batch 32 --prompt-tokens 64 --new-tokens 128 --steps 4 --warmup 1 --rollout-engine $engine \
+    --output "$OUT/efficiency_gpu_0.5b_$engine.json" 2>&1 | tail -12 | tee -a "$OUT/efficiency.log"
+done
 if [ "${2:-}" = "--demo" ]; then
   start=$(date +%s)
   timeout 240 python3 -m dvpo demo --quick --out /tmp/demo_gpu > "$OUT/demo_quick.log" 2>&1

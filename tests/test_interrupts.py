@@ -71,7 +71,8 @@ def gvm_args(model, data, out):
 def rl_args(model, prompts, gvm, out, *extra):
     return ["rl", "--algo", "dvpo", "--policy", str(model), "--gvm", str(gvm), "--prompts", str(prompts),
             "--out", str(out), "--steps", "16", "--rollout-batch-size", "4", "--mini-batch-size", "2",
-            "--ppo-epochs", "1", "--learning-rate", "1e-3", "--max-new-tokens", "8", "--save-every", "4", *extra]
+            "--ppo-epochs", "1", "--learning-rate", "1e-3", "--max-new-tokens", "8", "--save-every", "4",
+            "--rollout-engine", "static", *extra]
 
 
 @pytest.mark.slow

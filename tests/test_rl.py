@@ -78,7 +78,8 @@ def _rl_args(tiny_model, tiny_gvm, lab_data, out, *extra):
 def test_dvpo_runs_logs_and_evaluates(tiny_model, tiny_gvm, lab_data, tmp_path):
     out = tmp_path / "rl"
     main(_rl_args(tiny_model, tiny_gvm, lab_data, out, "--eval-prompts", str(lab_data["test_prompts"]),
-                  "--eval-every", "2", "--dvpo-advantage", "difference", "--kl-penalty", "loss"))
+                  "--eval-every", "2", "--dvpo-advantage", "difference", "--kl-penalty", "loss",
+                  "--rollout-engine", "static"))  # rollouts and evaluation on the static engine
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     for key in ("score", "kl", "kl_coef", "clip_frac", "entropy", "response_length", "value_mean",
@@ -100,15 +101,16 @@ def test_eval_prompts_without_a_score_function_is_a_clear_error(tiny_model, tiny
 
 
 def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(tiny_model, tiny_gvm, lab_data, tmp_path):
+    """With generate as the engine (the kill-and-resume test in test_interrupts.py uses the static one)."""
     full = tmp_path / "full"
-    main(_rl_args(tiny_model, tiny_gvm, lab_data, full))
+    main(_rl_args(tiny_model, tiny_gvm, lab_data, full) + ["--rollout-engine", "hf"])
     resumed = tmp_path / "resumed"
     shutil.copytree(full, resumed)
     # Make the copy look like a run stopped after the step-2 checkpoint.
     (resumed / "dvpo_complete.json").unlink()
     (resumed / "model.safetensors").unlink()
     assert [p.name for p in (resumed / "checkpoints").iterdir()] == ["step-2"]
-    main(_rl_args(tiny_model, tiny_gvm, lab_data, resumed))
+    main(_rl_args(tiny_model, tiny_gvm, lab_data, resumed) + ["--rollout-engine", "hf"])
     a = AutoModelForCausalLM.from_pretrained(full).state_dict()
     b = AutoModelForCausalLM.from_pretrained(resumed).state_dict()
     for name in a:
@@ -164,7 +166,8 @@ def test_ppo_trains_policy_and_critic_on_the_same_loop(tiny_model, tiny_rm, lab_
 
 
 def test_remax_scores_a_greedy_baseline(tiny_model, tiny_rm, lab_data, tmp_path):
-    records = _run_reward_algo("remax", tiny_model, tiny_rm, lab_data, tmp_path / "remax")
+    records = _run_reward_algo("remax", tiny_model, tiny_rm, lab_data, tmp_path / "remax",
+                               "--rollout-engine", "static")  # its greedy baseline too
     assert {"reward_mean", "greedy_reward_mean", "clip_frac"} <= set(records[-1])
     assert "value_loss" not in records[-1]  # no critic
 

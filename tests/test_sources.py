@@ -304,6 +304,46 @@ def test_the_experience_maker_fills_one_experience(tiny_model, tokenizer, tmp_pa
         torch.testing.assert_close(half.advantages, experience.advantages[[1, 3]])
 
 
+def test_forwards_skip_padding_and_give_each_row_what_it_gets_alone(tiny_model, tiny_gvm, tokenizer):
+    """Log-probs, critic values and GVM values over length-sorted, trimmed chunks equal each row's own forward
+    at its own length (no padding at all)."""
+    from dvpo.models.value_model import build_value_model, load_value_model
+    from dvpo.rollout.experience import frozen_logprobs, length_sorted_chunks, response_hidden_slice
+    from dvpo.trainers.sources.dvpo import DvpoSource
+
+    prompts = ["sort 3 1 2 8 8 1 0 4", "reverse 7", "repeat 4 5 6", "sort 9"]
+    responses = ["1 2 3", "7", "4 5 6 hope this helps you", "9"]
+    rollout = hand_rollout(tokenizer, prompts, responses)
+    seq = rollout.seq
+    assert [len(c) for c in length_sorted_chunks(torch.tensor([3, 9, 1, 9]), 2)] == [2, 2]
+    assert length_sorted_chunks(torch.tensor([3, 9, 1, 9]), 2)[0].tolist() == [1, 3]  # longest first, stable
+    trimmed = seq.rows(torch.tensor([1, 3])).trimmed()  # two short rows: most of the batch's width is padding
+    assert trimmed.input_ids.shape[1] < seq.input_ids.shape[1] and trimmed.response_ids.shape[1] == 2
+
+    policy = load_causal_lm(str(tiny_model)).eval()
+    critic = build_value_model(str(tiny_model)).eval()
+    logp = frozen_logprobs(policy, seq, 1.0, rows=2)
+    values = critic_values(critic, seq)
+    for i in range(len(prompts)):
+        keep = seq.attention_mask[i].bool()
+        ids, positions = seq.input_ids[i][keep][None], seq.position_ids[i][keep][None]
+        n, p = int(seq.response_mask[i].sum()), int(seq.attention_mask[i, : seq.prompt_width].sum())
+        with torch.no_grad():
+            alone = torch.log_softmax(policy(input_ids=ids, position_ids=positions).logits[0, p - 1:-1].float(), -1)
+            alone_values = critic(input_ids=ids, position_ids=positions).logits[0, p - 1:-1, 0]
+        torch.testing.assert_close(logp[i, :n], alone.gather(1, ids[0, p:, None])[:, 0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(values[i, :n], alone_values, atol=1e-5, rtol=1e-5)
+        assert logp[i, n:].abs().sum() == 0 and values[i, n:].abs().sum() == 0
+    assert response_hidden_slice(seq) == slice(seq.prompt_width - 1, seq.input_ids.shape[1] - 1)
+
+    gvm = load_value_model(tiny_gvm, device="cpu")
+    inputs = DvpoSource(gvm, "value", "none", 1.0, 0.95, False).gvm_inputs(rollout)
+    whole = gvm.slot_values(*inputs, normalized=False)
+    chunked = DvpoSource(gvm, "value", "none", 1.0, 0.95, False, forward_rows=1).slot_values(*inputs)
+    torch.testing.assert_close(chunked[0], whole[0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(chunked[1], whole[1])
+
+
 # --- through `dvpo rl` ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("algo", ["rloo", "ppo"])

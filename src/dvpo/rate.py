@@ -139,7 +139,8 @@ def run_rate(cfg: RateConfig) -> Path:
                     batch = sample(model, [encode_prompt(tokenizer, rows[i]["prompt"]) for i in chunk],
                                    tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.max_new_tokens,
                                    cfg.temperature, cfg.top_p, cfg.samples,
-                                   noise=SharedNoise((cfg.seed * 1_000_003 + m) * 1_000_003 + chunk[0]))
+                                   noise=SharedNoise((cfg.seed * 1_000_003 + m) * 1_000_003 + chunk[0]),
+                                   engine=cfg.rollout_engine)
                 texts = [t.strip() for t in tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)]
                 picked = [rows[i] for i in chunk for _ in range(cfg.samples)]  # prompt-major, as sampled
                 prompts = [r["prompt"] for r in picked]

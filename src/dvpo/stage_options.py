@@ -5,9 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dvpo.options import option
+from dvpo.rollout import ROLLOUT_ENGINES
 from dvpo.trainers.sources import SOURCE_NAMES
 
 DTYPE_CHOICES = ["auto", "float32", "bfloat16", "float16"]
+ROLLOUT_ENGINE_HELP = ("how responses are decoded: hf (transformers' generate), static (a pre-allocated KV cache "
+                       "and one fixed-shape step: a CUDA graph on a GPU, prepacked oneDNN weights on a CPU) or auto "
+                       "(the one measured faster: static on CPU for models of 4M parameters and more, hf below "
+                       "and on CUDA until measured there); both draw the same tokens for the same seed")
+
+
+def rollout_engine_option():
+    return option("auto", help=ROLLOUT_ENGINE_HELP, choices=list(ROLLOUT_ENGINES))
 
 
 @dataclass
@@ -79,6 +88,7 @@ class GenerateConfig:
     max_new_tokens: int = option(64, help="longest response in tokens")
     num_samples: int = option(1, help="responses per prompt")
     batch_size: int = option(64, help="prompts per generation batch")
+    rollout_engine: str = rollout_engine_option()
     dtype: str = option("auto", help="weights dtype", choices=DTYPE_CHOICES)
     seed: int = option(0, help="sampling seed")
 
@@ -220,6 +230,7 @@ class RlConfig:
     min_new_tokens: int = option(0, help="suppress eos before this many tokens (benchmarks use it for fixed lengths)")
     temperature: float = option(1.0, help="sampling temperature (log-probs use the same temperature)")
     top_p: float = option(1.0, help="nucleus sampling threshold")
+    rollout_engine: str = rollout_engine_option()
     clip_eps: float = option(0.2, help="PPO ratio clip")
     value_clip: float = option(0.2, help="ppo: clip range of the critic's value loss")
     vf_coef: float = option(0.1, help="ppo: weight of the value loss")
@@ -346,5 +357,6 @@ class RateConfig:
     top_p: float = option(1.0, help="nucleus sampling threshold")
     max_new_tokens: int = option(64, help="longest response in tokens")
     batch_size: int = option(16, help="prompts per generation batch (each written when scored)")
+    rollout_engine: str = rollout_engine_option()
     dtype: str = option("auto", help="weights dtype", choices=DTYPE_CHOICES)
     seed: int = option(0, help="sampling seed")

@@ -51,7 +51,8 @@ class PromptScorer:
             rows = mine or chunk[:1]  # no share: sample one row, count none (sharded models need every process)
             batch = sample(policy, [encode_prompt(tokenizer, p) for p in rows], tokenizer.pad_token_id,
                            tokenizer.eos_token_id, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                           noise=SharedNoise(noise_seed * 4099 + start, low if mine else 0, len(chunk)))
+                           noise=SharedNoise(noise_seed * 4099 + start, low if mine else 0, len(chunk)),
+                           engine=cfg.rollout_engine)
             texts = [t.strip() for t in tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)]
             if mine:
                 total += float(self.fn(mine, texts[:len(mine)], [{} for _ in mine]).sum())

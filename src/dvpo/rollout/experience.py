@@ -31,6 +31,25 @@ class Sequences:
         return Sequences(self.input_ids[index], self.attention_mask[index], self.position_ids[index],
                          self.response_ids[index], self.response_mask[index], self.prompt_width)
 
+    def trimmed(self) -> "Sequences":
+        """The same rows without the columns that are padding in every row: left of the longest prompt, right
+        of the longest response. Positions come along, so each row's outputs are unchanged."""
+        start = self.prompt_width - int(self.attention_mask[:, : self.prompt_width].sum(dim=1).max())
+        width = max(int(self.response_mask.sum(dim=1).max()), 1)
+        end = self.prompt_width + width
+        return Sequences(self.input_ids[:, start:end], self.attention_mask[:, start:end],
+                         self.position_ids[:, start:end], self.response_ids[:, :width],
+                         self.response_mask[:, :width], self.prompt_width - start)
+
+
+def length_sorted_chunks(lengths: torch.Tensor, rows: int) -> list[torch.Tensor]:
+    """Row indices, longest first, in chunks of `rows`: each chunk is then padded only to its own longest row."""
+    return list(torch.argsort(lengths, descending=True, stable=True).split(rows))
+
+
+def _padded_to(values: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(values, (0, width - values.shape[1]))
+
 
 def build_sequences(batch: SampledBatch) -> Sequences:
     input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
@@ -46,23 +65,25 @@ def response_hidden_slice(seq: Sequences) -> slice:
 
 
 def response_logprobs(model, seq: Sequences, temperature: float, with_entropy: bool = False):
-    """Log-probs of the response tokens under `model` at the sampling temperature; optionally the entropy.
+    """Log-probs [B, R] of the response tokens under `model` at the sampling temperature; optionally the entropy.
 
-    Only the positions that predict response tokens get logits (`logits_to_keep`): with a large
-    vocabulary the [batch, length, vocab] logits are the biggest activation of the step. The
-    entropy is a logged metric, not a loss term, so it is computed outside autograd, row by row:
-    inside the graph its softmax would stay alive until the backward pass.
+    The forward reads `seq` without its all-padding columns (`Sequences.trimmed`). Only the
+    positions that predict response tokens get logits (`logits_to_keep`): with a large vocabulary
+    the [batch, length, vocab] logits are the biggest activation of the step. The entropy is a
+    logged metric, not a loss term, so it is computed outside autograd, row by row: inside the
+    graph its softmax would stay alive until the backward pass.
     """
+    full_width, seq = seq.response_ids.shape[1], seq.trimmed()
     width = seq.response_ids.shape[1]
     logits = model(input_ids=seq.input_ids, attention_mask=seq.attention_mask, position_ids=seq.position_ids,
                    use_cache=False, logits_to_keep=width + 1).logits[:, :-1]
     logits = logits.float()
-    logprobs = logprobs_from_logits(logits, seq.response_ids, temperature) * seq.response_mask
+    logprobs = _padded_to(logprobs_from_logits(logits, seq.response_ids, temperature) * seq.response_mask, full_width)
     if not with_entropy:
         return logprobs
     with torch.no_grad():
         entropy = torch.cat([entropy_from_logits(row / temperature) for row in logits.detach().split(1)])
-    return logprobs, entropy * seq.response_mask
+    return logprobs, _padded_to(entropy * seq.response_mask, full_width)
 
 
 @torch.no_grad()
@@ -71,16 +92,20 @@ def frozen_logprobs(model, seq: Sequences, temperature: float, rows: int) -> tor
 
     Only one chunk's [rows, length, vocab] logits and their float32 temporaries are alive at once,
     so with a large vocabulary the experience phase needs no more memory than a minibatch of
-    the update (verl's log-prob micro-batches, OpenRLHF's micro rollout batches).
+    the update (verl's log-prob micro-batches, OpenRLHF's micro rollout batches). The chunks
+    group rows of similar length, so each is padded only to its own longest row.
     """
-    chunks = torch.arange(seq.input_ids.shape[0], device=seq.input_ids.device).split(rows)
-    return torch.cat([response_logprobs(model, seq.rows(index), temperature) for index in chunks])
+    out = torch.zeros_like(seq.response_mask)
+    for index in length_sorted_chunks(seq.attention_mask.sum(dim=1), rows):
+        out[index] = response_logprobs(model, seq.rows(index), temperature)
+    return out
 
 
 def critic_values(critic, seq: Sequences) -> torch.Tensor:
-    """V(s_t) for each response token: the critic's output at the position before the token."""
+    """V(s_t) [B, R] for each response token: the critic's output at the position before the token."""
+    full_width, seq = seq.response_ids.shape[1], seq.trimmed()
     out = critic(input_ids=seq.input_ids, attention_mask=seq.attention_mask, position_ids=seq.position_ids)
-    return out.logits.squeeze(-1)[:, response_hidden_slice(seq)].float() * seq.response_mask
+    return _padded_to(out.logits.squeeze(-1)[:, response_hidden_slice(seq)].float() * seq.response_mask, full_width)
 
 
 def unpadded_rows(seq: Sequences) -> list[tuple[list[int], list[int]]]:

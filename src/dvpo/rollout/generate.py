@@ -25,7 +25,7 @@ def generate_completions(model, tokenizer, prompts: list, cfg: GenerateConfig) -
         chunk = prompts[start:start + cfg.batch_size]
         batch = sample(model, [encode_prompt(tokenizer, p) for p in chunk], tokenizer.pad_token_id,
                        tokenizer.eos_token_id, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.num_samples,
-                       noise=SharedNoise(cfg.seed * 1_000_003 + start))
+                       noise=SharedNoise(cfg.seed * 1_000_003 + start), engine=cfg.rollout_engine)
         completions += [t.strip() for t in tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)]
     return completions
 

@@ -77,6 +77,9 @@ def check_config(cfg: RlConfig, world: int) -> None:
                           "dvpo.lab.tasks:judge_completions)")
     if cfg.score_fn:
         load_function(cfg.score_fn, "--score-fn")
+    if cfg.rollout_engine == "static" and cfg.fsdp:
+        raise ConfigError("--rollout-engine static needs whole weights on each process; --fsdp shards them: "
+                          "use hf or auto")
     if cfg.keep_checkpoints < 1:
         raise ConfigError(f"--keep-checkpoints must be at least 1, got {cfg.keep_checkpoints}")
     group = source_class(cfg.algo).samples_per_prompt(cfg)
@@ -322,7 +325,8 @@ class RlLoop:
         sampled = sample(policy, [encode_prompt(self.tokenizer, p) for p in mine], self.tokenizer.pad_token_id,
                          self.tokenizer.eos_token_id, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
                          num_samples=group, min_new_tokens=cfg.min_new_tokens,
-                         noise=SharedNoise(step_seed(cfg.seed, step, 0), start * group, cfg.rollout_batch_size))
+                         noise=SharedNoise(step_seed(cfg.seed, step, 0), start * group, cfg.rollout_batch_size),
+                         engine=cfg.rollout_engine)
         seq = build_sequences(sampled)
         texts = [t.strip() for t in self.tokenizer.batch_decode(seq.response_ids, skip_special_tokens=True)]
         all_prompts = [p for p in unique_prompts for _ in range(group)]  # prompt-major, as sampled

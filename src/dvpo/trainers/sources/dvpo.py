@@ -19,7 +19,7 @@ from dvpo.data.collate import pad_sequences
 from dvpo.data.tau import conditioned_on, sample_tau_sets
 from dvpo.data.tokenize import TruncationStats, encode_prompt, truncate
 from dvpo.errors import ModelError
-from dvpo.rollout.experience import Advantages, Rollout, unpadded_rows
+from dvpo.rollout.experience import Advantages, Rollout, length_sorted_chunks, unpadded_rows
 from dvpo.trainers.sources.base import FrozenSignalSource
 from dvpo.trainers.sources.scoring import signal_weight, warn_if_near_chance
 
@@ -31,8 +31,9 @@ class DvpoSource(FrozenSignalSource):
     uses = ("gvm",)
 
     def __init__(self, gvm, advantage: str, normalization: str, gamma: float, lam: float, kl_in_reward: bool,
-                 weight: float = 1.0):
+                 weight: float = 1.0, forward_rows: int = 32):
         self.gvm, self.advantage, self.normalization, self.weight = gvm, advantage, normalization, weight
+        self.forward_rows = forward_rows
         self.gamma, self.lam, self.kl_in_reward = gamma, lam, kl_in_reward
         self.whiten_default = advantage == "gae"
 
@@ -59,7 +60,7 @@ class DvpoSource(FrozenSignalSource):
         weight = (signal_weight(gvm.meta, cfg.gvm, "--dvpo-normalization")
                   if cfg.dvpo_normalization == "reliability" else 1.0)
         return cls(gvm, cfg.dvpo_advantage, cfg.dvpo_normalization, cfg.gamma, cfg.gae_lambda,
-                   cfg.kl_penalty == "reward", weight), reference
+                   cfg.kl_penalty == "reward", weight, forward_rows=cfg.mini_batch_size), reference
 
     def gvm_inputs(self, rollout: Rollout):
         """[tau; prompt; response] per row; tau is the response to another prompt of the global batch, drawn by
@@ -96,9 +97,22 @@ class DvpoSource(FrozenSignalSource):
                 pad_sequences([[1] * len(x) for x in ids], 0).to(device),
                 torch.tensor(starts, device=device), torch.tensor(lengths, device=device))
 
+    def slot_values(self, ids: torch.Tensor, attention: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor):
+        """The GVM's raw slot values [B, T+1] and their mask, `forward_rows` rows at a time: rows of similar
+        length together, each chunk cut to its own longest row (a [tau; x; y] batch pads a lot otherwise)."""
+        values = torch.zeros(ids.shape[0], int(lengths.max()), device=ids.device)
+        slots = torch.zeros_like(values)
+        for index in length_sorted_chunks(attention.sum(dim=1), self.forward_rows):
+            longest = int(attention[index].sum(dim=1).max())
+            part, part_slots = self.gvm.slot_values(ids[index, :longest], attention[index, :longest], starts[index],
+                                                    lengths[index], normalized=False)
+            values[index, : part.shape[1]] = part
+            slots[index, : part.shape[1]] = part_slots
+        return values, slots
+
     @torch.no_grad()
     def advantages(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Advantages:
-        values, slots = self.gvm.slot_values(*self.gvm_inputs(rollout), normalized=False)
+        values, slots = self.slot_values(*self.gvm_inputs(rollout))
         mask = rollout.seq.response_mask
         width = mask.shape[1]
         q = torch.zeros_like(mask)

@@ -17,21 +17,23 @@ from dvpo.trainers.sources.scoring import SequenceScorer
 class RemaxSource(RewardSource):
     name: ClassVar[str] = "remax"
 
-    def __init__(self, scorer: SequenceScorer, policy, tokenizer, max_new_tokens: int, kl_in_reward: bool):
+    def __init__(self, scorer: SequenceScorer, policy, tokenizer, max_new_tokens: int, kl_in_reward: bool,
+                 engine: str = "auto"):
         self.scorer, self.policy, self.tokenizer = scorer, policy, tokenizer
-        self.max_new_tokens, self.kl_in_reward = max_new_tokens, kl_in_reward
+        self.max_new_tokens, self.kl_in_reward, self.engine = max_new_tokens, kl_in_reward, engine
 
     @classmethod
     def build(cls, cfg, device, policy, reference, tokenizer):
         return cls(SequenceScorer.from_config(cfg, device), policy, tokenizer, cfg.max_new_tokens,
-                   cfg.kl_penalty == "reward"), reference
+                   cfg.kl_penalty == "reward", cfg.rollout_engine), reference
 
     @torch.no_grad()
     def advantages(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Advantages:
         seq = rollout.seq
         rows = unpadded_rows(seq)
         greedy = build_sequences(sample(self.policy, [p for p, _ in rows], self.tokenizer.pad_token_id,
-                                        self.tokenizer.eos_token_id, self.max_new_tokens, temperature=0))
+                                        self.tokenizer.eos_token_id, self.max_new_tokens, temperature=0,
+                                        engine=self.engine))
         greedy_texts = [t.strip() for t in self.tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)]
         mask = seq.response_mask
         scores = self.scorer(rows, rollout.prompts, rollout.texts, rollout.columns).to(mask.device)
