@@ -128,18 +128,20 @@ def test_a_lora_policy_decodes_the_same_with_both_engines(model):
                                 engine="static")) != runs[1]
 
 
-def test_a_models_generation_penalties_are_not_applied(model):
-    """A repetition penalty in the model's generation_config would make rollouts off-policy: neither engine
-    applies it, so both still draw the same tokens as without it."""
+def test_a_models_generation_rules_are_not_applied(model):
+    """A penalty or a suppressed token in the model's generation_config would make rollouts off-policy: neither
+    engine applies them, so both still draw the same tokens as without them, and the config is kept."""
     import copy
 
-    penalised = copy.deepcopy(model)
-    penalised.generation_config.repetition_penalty = 3.0
-    penalised.generation_config.no_repeat_ngram_size = 1
     prompts = mixed_prompts(4, seed=5)
     plain = responses(sample(model, prompts, PAD, EOS, 10, temperature=0, engine="static"))
-    assert responses(sample(penalised, prompts, PAD, EOS, 10, temperature=0, engine="hf")) == plain
-    assert responses(sample(penalised, prompts, PAD, EOS, 10, temperature=0, engine="static")) == plain
+    ruled = copy.deepcopy(model)
+    ruled.generation_config.repetition_penalty = 3.0
+    ruled.generation_config.no_repeat_ngram_size = 1
+    ruled.generation_config.suppress_tokens = [plain[0][0]]
+    assert responses(sample(ruled, prompts, PAD, EOS, 10, temperature=0, engine="hf")) == plain
+    assert responses(sample(ruled, prompts, PAD, EOS, 10, temperature=0, engine="static")) == plain
+    assert ruled.generation_config.repetition_penalty == 3.0
 
 
 def test_a_real_tokenizer_and_lab_model_decode_the_same(tiny_model, lab_data):
@@ -161,10 +163,20 @@ def test_prepacked_linears_agree_with_torch_and_are_undone(model):
     linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
     with prepacked_linears(model, rows=1) as packed:
         inside = model(input_ids=ids).logits
+        with prepacked_linears(model, rows=1) as nested:  # already packed: left alone
+            assert nested == 0
     assert packed == linears
     torch.testing.assert_close(inside, before, rtol=1e-5, atol=1e-5)
     assert torch.equal(model(input_ids=ids).logits, before)  # torch's own matmul again, bit for bit
     assert all("forward" not in vars(m) for m in model.modules())
+    hooked = model.lm_head
+    hooked.forward = hooked.forward  # an instance-level forward, as accelerate's hooks install: kept
+    try:
+        with prepacked_linears(model, rows=1) as packed:
+            assert packed == linears - 1
+        assert "forward" in vars(hooked)
+    finally:
+        del hooked.forward
 
 
 def test_engine_choice(model):

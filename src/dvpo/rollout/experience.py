@@ -95,7 +95,7 @@ def frozen_logprobs(model, seq: Sequences, temperature: float, rows: int) -> tor
     the update (verl's log-prob micro-batches, OpenRLHF's micro rollout batches). The chunks
     group rows of similar length, so each is padded only to its own longest row.
     """
-    out = torch.zeros_like(seq.response_mask)
+    out = torch.zeros(seq.response_mask.shape, device=seq.response_mask.device)
     for index in length_sorted_chunks(seq.attention_mask.sum(dim=1), rows):
         out[index] = response_logprobs(model, seq.rows(index), temperature)
     return out

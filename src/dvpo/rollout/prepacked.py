@@ -20,9 +20,11 @@ logger = logging.getLogger(__name__)
 
 
 def _packable(module: nn.Module) -> bool:
+    """A plain float32 CPU linear layer whose forward nothing else has replaced (accelerate's hooks, an
+    enclosing use of this context)."""
     weight = getattr(module, "weight", None)
     return (type(module) is nn.Linear and type(weight) is nn.Parameter and weight.device.type == "cpu"
-            and weight.dtype == torch.float32 and weight.numel() > 0)
+            and weight.dtype == torch.float32 and weight.numel() > 0 and "forward" not in vars(module))
 
 
 def _packed_forward(packed: torch.Tensor, bias: torch.Tensor | None):

@@ -15,10 +15,12 @@ price is noise for the global batch's rows at every decoding step (rows x vocabu
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, MinNewTokensLengthLogitsProcessor, TopPLogitsWarper
+from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList, MinNewTokensLengthLogitsProcessor,
+                          TopPLogitsWarper)
 
 from dvpo.errors import ConfigError
 from dvpo.data.collate import pad_sequences
@@ -112,14 +114,25 @@ def token_processors(prompt_width: int, rows: int, eos_token_id: int, temperatur
     return processors
 
 
+@contextmanager
+def _plain_generation_config(model):
+    """The model's generation_config set aside for one call: `generate` fills what a call leaves unset from it,
+    so its rules (Qwen's instruct models carry a repetition penalty; others suppress or force tokens) would
+    make rollouts off-policy, since RL's log-probs are the policy's own distribution."""
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved, target.generation_config = target.generation_config, GenerationConfig()
+    try:
+        yield
+    finally:
+        target.generation_config = saved
+
+
 def _hf_decode(model, prompt_ids, prompt_mask, max_new_tokens, processors, eos_token_id, pad_token_id):
-    """transformers' `generate`, choosing by `processors` alone: the penalties a model's generation_config may
-    carry (Qwen's instruct models set a repetition penalty) are switched off, since RL's log-probs are the
-    policy's own distribution and the static engine applies none either."""
-    output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=False, temperature=None,
-                            top_p=None, top_k=None, repetition_penalty=1.0, no_repeat_ngram_size=0,
-                            logits_processor=processors, max_new_tokens=max_new_tokens,
-                            pad_token_id=pad_token_id, eos_token_id=eos_token_id, use_cache=True)
+    """transformers' `generate`, choosing by `processors` alone, as the static engine does."""
+    with _plain_generation_config(model):
+        output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=False,
+                                logits_processor=processors, max_new_tokens=max_new_tokens,
+                                pad_token_id=pad_token_id, eos_token_id=eos_token_id, use_cache=True)
     return output[:, prompt_ids.shape[1]:]
 
 

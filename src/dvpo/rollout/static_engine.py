@@ -15,9 +15,11 @@ tokens, then the shared Gumbel noise) and argmax; rows that ended keep receiving
 from __future__ import annotations
 
 import logging
+import weakref
 
 import torch
 from transformers import LogitsProcessorList, StaticCache
+from transformers.cache_utils import StaticLayer
 
 from dvpo.rollout.prepacked import prepacked_linears
 
@@ -67,14 +69,21 @@ class _GraphedStep(_EagerStep):
         return self.logits
 
 
+_UNCAPTURABLE: weakref.WeakSet = weakref.WeakSet()  # models whose capture failed once: eager from then on
+
+
 def _decoding_step(model, cache, attention_mask, tokens, positions):
-    """A CUDA graph on a GPU, falling back to eager (with a warning) when the model cannot be captured."""
-    if tokens.device.type != "cuda":
+    """A CUDA graph on a GPU, eager elsewhere. Only caches of plain full-attention layers are captured (a
+    sliding-window layer chooses its branch from Python state that a graph would freeze), and a model whose
+    capture failed once (a forward that syncs with the host) decodes eagerly from then on, with one warning."""
+    plain = all(type(layer) is StaticLayer for layer in cache.layers)
+    if tokens.device.type != "cuda" or not plain or model in _UNCAPTURABLE:
         return _EagerStep(model, cache, attention_mask)
     try:
         return _GraphedStep(model, cache, attention_mask, tokens, positions)
-    except RuntimeError as error:  # a model whose forward syncs with the host cannot be captured
-        logger.warning("static rollout engine: CUDA graph capture failed (%s); decoding eagerly", error)
+    except RuntimeError as error:
+        logger.warning("static rollout engine: CUDA graph capture failed (%s); this model decodes eagerly", error)
+        _UNCAPTURABLE.add(model)
         torch.cuda.synchronize()
         return _EagerStep(model, cache, attention_mask)
 
