@@ -1,7 +1,7 @@
 """Linear layers on prepacked oneDNN weights while a CPU model decodes.
 
-At decoding's few rows per step, torch's float32 CPU matmul reads each weight matrix at about a
-third of this machine's memory bandwidth; oneDNN, with the weights reordered once into its
+At decoding's few rows per step, torch's float32 CPU matmul reads each weight matrix at a quarter
+to a third of this machine's memory bandwidth; oneDNN, with the weights reordered once into its
 blocked layout, reads them about twice as fast (benchmarks/results/rollout_cpu.md). The policy
 changes every RL step, so the weights are packed when a rollout starts and dropped when it ends:
 one extra copy of the model's linear weights lives while it decodes. The logits agree with
@@ -10,13 +10,10 @@ torch's matmul to float32 rounding, not bit for bit.
 
 from __future__ import annotations
 
-import logging
 from contextlib import contextmanager
 
 import torch
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 
 def _packable(module: nn.Module) -> bool:
