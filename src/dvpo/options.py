@@ -19,9 +19,10 @@ import yaml
 from dvpo.errors import ConfigError
 
 
-def option(default=dataclasses.MISSING, help: str = "", choices=None, **kwargs):
-    """A dataclass field with the help text the CLI shows; no default means required."""
-    metadata = {"help": help, "choices": choices}
+def option(default=dataclasses.MISSING, help: str = "", choices=None, positional: bool = False, **kwargs):
+    """A dataclass field with the help text the CLI shows; no default means required. A `positional`
+    option is written without its `--name` on the command line (`dvpo models get NAME`)."""
+    metadata = {"help": help, "choices": choices, "positional": positional}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
@@ -77,7 +78,10 @@ def build_parser(parser: argparse.ArgumentParser, config_cls: type) -> None:
                 kwargs["nargs"] = "+"
             if field.metadata.get("choices"):
                 kwargs["choices"] = field.metadata["choices"]
-        parser.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+        if field.metadata.get("positional"):
+            parser.add_argument(kwargs.pop("dest"), metavar=field.name.upper(), **kwargs)
+        else:
+            parser.add_argument("--" + field.name.replace("_", "-"), **kwargs)
 
 
 def _coerce(config_cls: type, name: str, value, origin: str):

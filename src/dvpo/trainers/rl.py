@@ -35,6 +35,7 @@ from dvpo.eval.plots import plot_metrics
 from dvpo.eval.rl_eval import PromptScorer
 from dvpo.models.frozen import AdapterOff
 from dvpo.models.loading import load_causal_lm, load_tokenizer
+from dvpo.models.tokenizer_match import check_scorer_tokenizers
 from dvpo.rollout.experience import Experience, ExperienceMaker, Rollout, build_sequences, response_logprobs
 from dvpo.rollout.sampling import SharedNoise, sample
 from dvpo.stage_options import RlConfig
@@ -72,6 +73,7 @@ def check_config(cfg: RlConfig, world: int) -> None:
     signal it lacks), then whether the rollout batch splits into whole prompt groups per process and the
     minibatches evenly."""
     source_class(cfg.algo).check(cfg)
+    check_scorer_tokenizers(cfg, ensure_pad_token(load_tokenizer(cfg.policy)))
     if cfg.eval_prompts and not cfg.score_fn:
         raise ConfigError("--eval-prompts are scored by --score-fn: name the function (for lab prompts, "
                           "dvpo.lab.tasks:judge_completions)")
@@ -131,7 +133,7 @@ def prepare_models(cfg: RlConfig, accelerator, policy, source):
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                   eps=1e-5)
     trained = list(source.trainable)
-    side_optimizer = (torch.optim.AdamW([p for m in trained for p in m.parameters()], eps=1e-5,
+    side_optimizer = (torch.optim.AdamW([p for m in trained for p in m.parameters() if p.requires_grad], eps=1e-5,
                                         lr=cfg.critic_learning_rate or cfg.learning_rate) if trained else None)
     if cfg.fsdp:
         return policy, optimizer, side_optimizer

@@ -27,7 +27,7 @@ class GrpoSource(RewardSource):
     @classmethod
     def build(cls, cfg, device, policy, reference, tokenizer):
         # no reliability weight: the group standardisation would cancel it
-        return cls(SequenceScorer.from_config(cfg, device, weighted=False), cfg.group_size), reference
+        return cls(SequenceScorer.from_config(cfg, device, tokenizer, weighted=False), cfg.group_size), reference
 
     @torch.no_grad()
     def advantages(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Advantages:

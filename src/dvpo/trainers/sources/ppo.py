@@ -4,15 +4,20 @@ implementation details of RLHF with PPO" (Huang et al. 2024), as in TRL and Open
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 
 from dvpo.algos.ppo import clipped_value_loss, gae, per_token_rewards
+from dvpo.errors import ConfigError
+from dvpo.models.tokenizer_match import same_vocabulary, saved_tokenizer
 from dvpo.rollout.experience import Advantages, Experience, Rollout, critic_values, unpadded_rows
 from dvpo.trainers.sources.base import RewardSource
 from dvpo.trainers.sources.scoring import SequenceScorer
+
+logger = logging.getLogger(__name__)
 
 
 class PpoSource(RewardSource):
@@ -30,9 +35,21 @@ class PpoSource(RewardSource):
     def build(cls, cfg, device, policy, reference, tokenizer):
         from dvpo.models.value_model import build_value_model
 
-        critic = build_value_model(cfg.critic_init or default_critic_init(cfg), cfg.dtype, fsdp=cfg.fsdp).to(device)
-        return cls(SequenceScorer.from_config(cfg, device), critic, cfg.gamma, cfg.gae_lambda, cfg.value_clip,
+        critic = build_value_model(cfg.critic_init or default_critic_init(cfg, tokenizer), cfg.dtype, fsdp=cfg.fsdp).to(device)
+        rank = critic_lora_rank(cfg)
+        if rank > 0:
+            from dvpo.trainers.common import with_lora
+
+            critic = with_lora(critic, rank, cfg.lora_alpha, 0.0, task_type="TOKEN_CLS")
+        return cls(SequenceScorer.from_config(cfg, device, tokenizer), critic, cfg.gamma, cfg.gae_lambda, cfg.value_clip,
                    cfg.kl_penalty == "reward"), reference
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        if cfg.fsdp and critic_lora_rank(cfg) > 0:
+            raise ConfigError("--fsdp shards full-weight training; a LoRA critic (--critic-lora-r, default --lora-r) "
+                              "trains small adapters: use DDP, or --critic-lora-r 0")
 
     def use_trained(self, modules: list) -> None:
         """The critic as the loop trains it (wrapped for data parallelism after `accelerator.prepare`)."""
@@ -58,7 +75,18 @@ class PpoSource(RewardSource):
         return loss, {"value_loss": loss.item(), "value_clip_frac": float(clip_frac)}
 
 
-def default_critic_init(cfg) -> str:
-    """The reward model's own weights when it was fully fine-tuned (N+ details), else the policy."""
+def critic_lora_rank(cfg) -> int:
+    return cfg.lora_r if cfg.critic_lora_r is None else cfg.critic_lora_r
+
+
+def default_critic_init(cfg, policy_tokenizer) -> str:
+    """The reward model's own weights when it was fully fine-tuned (N+ details) on the policy's tokenizer, else
+    the policy: a critic values the policy's tokens."""
     full_rm = Path(cfg.reward_model) / "model" / "config.json" if cfg.reward_model else None
-    return str(full_rm.parent) if full_rm is not None and full_rm.is_file() else cfg.policy
+    if full_rm is None or not full_rm.is_file():
+        return cfg.policy
+    rm_tokenizer = saved_tokenizer(cfg.reward_model)
+    if rm_tokenizer is not None and not same_vocabulary(rm_tokenizer, policy_tokenizer):
+        logger.info("the critic starts from the policy %s: the reward model's tokenizer differs from it", cfg.policy)
+        return cfg.policy
+    return str(full_rm.parent)

@@ -24,7 +24,7 @@ class RemaxSource(RewardSource):
 
     @classmethod
     def build(cls, cfg, device, policy, reference, tokenizer):
-        return cls(SequenceScorer.from_config(cfg, device), policy, tokenizer, cfg.max_new_tokens,
+        return cls(SequenceScorer.from_config(cfg, device, tokenizer), policy, tokenizer, cfg.max_new_tokens,
                    cfg.kl_penalty == "reward", cfg.rollout_engine), reference
 
     @torch.no_grad()

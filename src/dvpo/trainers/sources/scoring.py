@@ -16,6 +16,7 @@ from dvpo.algos.advantages import reliability_weight
 from dvpo.data.collate import pad_sequences
 from dvpo.data.tokenize import TruncationStats, truncate
 from dvpo.errors import ConfigError
+from dvpo.models.tokenizer_match import describe, same_vocabulary
 from dvpo.user_functions import RewardFunction
 
 logger = logging.getLogger(__name__)
@@ -77,14 +78,17 @@ class SequenceScorer:
     `--reward-normalization` says, plus the sum of the reward functions times their weights."""
 
     def __init__(self, reward_model=None, normalize: bool = True, weight: float = 1.0,
-                 functions: list[RewardFunction] = (), function_weights: list[float] = ()):
+                 functions: list[RewardFunction] = (), function_weights: list[float] = (), reencode: bool = False):
         self.reward_model, self.normalize, self.weight = reward_model, normalize, weight
+        self.reencode = reencode  # the reward model's tokenizer differs from the policy's: score decoded text
         self.functions = list(functions)
         self.function_weights = list(function_weights) or [1.0] * len(self.functions)
 
     @classmethod
-    def from_config(cls, cfg, device, weighted: bool = True) -> "SequenceScorer":
-        """`weighted`: apply the `reliability` weight (GRPO's group standardisation would cancel it)."""
+    def from_config(cls, cfg, device, policy_tokenizer, weighted: bool = True) -> "SequenceScorer":
+        """`weighted`: apply the `reliability` weight (GRPO's group standardisation would cancel it). A reward
+        model whose tokenizer differs from `policy_tokenizer` scores the decoded responses, re-encoded with its
+        own tokenizer and chat template (logged once)."""
         functions = [RewardFunction(spec) for spec in cfg.reward_fn]
         if not cfg.reward_model:
             return cls(functions=functions, function_weights=cfg.reward_weights)
@@ -94,17 +98,22 @@ class SequenceScorer:
         warn_if_near_chance(reward_model.meta, cfg.reward_model)
         weight = (signal_weight(reward_model.meta, cfg.reward_model, "--reward-normalization")
                   if weighted and cfg.reward_normalization == "reliability" else 1.0)
+        reencode = not same_vocabulary(reward_model.tokenizer, policy_tokenizer)
+        if reencode:
+            logger.info("the reward model %s has another tokenizer, %s, than the policy, %s: it scores the "
+                        "decoded responses, re-encoded with its own tokenizer and chat template", cfg.reward_model,
+                        describe(reward_model.tokenizer), describe(policy_tokenizer))
         return cls(reward_model, cfg.reward_normalization in ("stored", "reliability"), weight, functions,
-                   cfg.reward_weights)
+                   cfg.reward_weights, reencode)
 
     def __call__(self, rows: list[tuple[list[int], list[int]]] | None, prompts: list, texts: list[str],
                  columns: list[dict]) -> torch.Tensor:
         """One reward per completion, as a float tensor on the CPU. `rows`: the (prompt ids, response ids) of
-        the policy's tokenizer, which the reward model shares in RL; None re-encodes the texts with the
-        reward model's own tokenizer (`dvpo rate`, where the sampling models may differ from it)."""
+        the policy's tokenizer; None (`dvpo rate`, where the sampling models may differ from it), or a reward
+        model of another tokenizer, re-encodes the texts with the reward model's own tokenizer."""
         total = torch.zeros(len(texts))
         if self.reward_model is not None:
-            if rows is None:
+            if rows is None or self.reencode:
                 raw = self.reward_model.score(list(prompts), list(texts))
                 scores = self.reward_model.normalize(raw) if self.normalize else raw
                 total += (scores * self.weight).float()
