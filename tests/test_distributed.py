@@ -157,3 +157,59 @@ def test_rl_dvpo_with_sharded_weights_matches_one_process(config, extra, tiny_mo
         whole = processes(tmp_path / "one")[0]["parameters_held"]
         assert all(p["fsdp"] and p["parameters_held"] < 0.6 * whole for p in record)  # about half each
     assert_same_training(tmp_path / "one", tmp_path / "two", tiny_model)
+
+
+def zero3_config(folder: Path) -> Path:
+    """configs/accelerate/zero3.yaml with every parameter partitioned: DeepSpeed keeps parameters under its
+    persistence threshold (100k elements by default, so all of a tiny model's) whole on every process, which
+    would hide what partitioning breaks."""
+    ds = folder / "ds_zero3.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
+                                                    "stage3_gather_16bit_weights_on_model_save": True},
+                              "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
+                              "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto"}))
+    config = folder / "zero3.yaml"
+    config.write_text("\n".join([
+        "compute_environment: LOCAL_MACHINE", "distributed_type: DEEPSPEED", "deepspeed_config:",
+        f"  deepspeed_config_file: {ds}", "  zero3_init_flag: false", "num_machines: 1", "num_processes: 2",
+        "machine_rank: 0", "rdzv_backend: static", "same_network: true", "use_cpu: false"]) + "\n")
+    return config
+
+
+def adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(next(folder.rglob("adapter_model.safetensors"))))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["sft-lora", "gvm-lora", "rm", "dpo-lora"])
+def test_offline_stages_under_zero3_save_whole_weights_as_ddp_does(stage, tiny_model, lab_data, tmp_path):
+    """ZeRO-3 partitions every weight over the processes: the final statistics run on every process and the
+    saves (and LoRA merges) read gathered weights, so the result is DDP's on the same 2 processes (which the
+    tests above tie to one process), not empty shards."""
+    pytest.importorskip("deepspeed")
+    name, lora = stage.split("-")[0], "4" if stage.endswith("lora") else "0"
+    data = lab_data["sft"] if name == "sft" else lab_data["rated"]
+    common = [name, "--model", str(tiny_model), "--data", str(data), "--max-steps", "3", "--learning-rate", "1e-3",
+              "--max-length", "96", "--save-steps", "100", "--seed", "3", "--lora-r", lora, "--lora-dropout", "0",
+              "--batch-size", "4",
+              *(["--stats-rows", "16", "--td-lambda", "1", "--value-normalization", "none"] if name == "gvm" else [])]
+    launch("ddp.yaml", [*common, "--out", str(tmp_path / "ddp")])
+    launch(str(zero3_config(tmp_path)), [*common, "--out", str(tmp_path / "zero3")])
+    if name != "dpo":  # TRL's DPOTrainer writes no record of its processes
+        assert all(p["distributed_type"] == "DEEPSPEED" for p in processes(tmp_path / "zero3"))
+    read = adapter_weights if name == "gvm" else weights  # a LoRA GVM is saved as its adapter
+    ddp, zero3 = read(tmp_path / "ddp"), read(tmp_path / "zero3")
+    assert {k: v.shape for k, v in ddp.items()} == {k: v.shape for k, v in zero3.items()}
+    assert all(v.numel() > 0 for v in zero3.values())
+    if name == "gvm":  # its trained parts start at zero (LoRA's B, the value head)
+        trained = [k for k in ddp if "lora_B" in k or "score" in k]
+        moved = sum((ddp[k] ** 2).sum() for k in trained) ** 0.5
+        apart = sum(((ddp[k] - zero3[k]) ** 2).sum() for k in trained) ** 0.5
+        assert moved > 0 and apart <= 0.02 * moved, (float(apart), float(moved))
+    else:  # Adam's sign-like steps amplify the order of DeepSpeed's gradient sums on near-zero gradients
+        assert_same_training(tmp_path / "ddp", tmp_path / "zero3", tiny_model)
+    if name in ("gvm", "rm"):
+        meta = "dvpo_gvm.json" if name == "gvm" else "dvpo_rm.json"
+        stats = [json.loads((tmp_path / run / meta).read_text()) for run in ("ddp", "zero3")]
+        std = "value_std" if name == "gvm" else "score_std"
+        assert stats[1][std] == pytest.approx(stats[0][std], rel=1e-3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -64,6 +65,23 @@ def with_lora(model, rank: int, alpha: int, dropout: float, task_type: str):
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, task_type=task_type,
                         target_modules="all-linear", exclude_modules=head)
     return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def whole_weights(model):
+    """Every parameter of `model` whole on every process for the block under DeepSpeed ZeRO-3, which partitions
+    them (a save or a LoRA merge on the main process would otherwise read empty shards); a no-op otherwise.
+    Gathering is collective: enter it on every process. Forward passes need no gathering: run them on every
+    process, as ZeRO-3 fetches the shards layer by layer."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        yield
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -18,7 +18,7 @@ from dvpo.errors import DataError
 from dvpo.data.tokenize import ensure_pad_token
 from dvpo.eval.rm_accuracy import load_pair_rows, pairwise_pairs
 from dvpo.models.loading import load_causal_lm, load_tokenizer
-from dvpo.trainers.common import maybe_lora, training_arguments
+from dvpo.trainers.common import maybe_lora, training_arguments, whole_weights
 from dvpo.trainers.interrupts import StopOnSignal, raise_if_stopped
 from dvpo.trainers.metrics import MetricsFileCallback
 from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
@@ -64,9 +64,13 @@ def run_dpo(cfg: DpoConfig) -> Path:
         report_dropped_pairs(cfg, len(dataset), kept)
     result = trainer.train(resume_from_checkpoint=resume_from)
     raise_if_stopped(trainer.state, folder / CHECKPOINTS)
+    if cfg.lora_r > 0:
+        with whole_weights(trainer.model):
+            if trainer.is_world_process_zero():
+                trainer.model.merge_and_unload().save_pretrained(folder)
+    else:
+        trainer.save_model(str(folder))  # every process: gathers ZeRO-3 shards; the main one writes
     if trainer.is_world_process_zero():
-        final = trainer.model.merge_and_unload() if cfg.lora_r > 0 else trainer.model
-        final.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         mark_complete(folder, stage="dpo", pairs=kept, pairs_dropped=len(dataset) - kept,
                       train_loss=result.training_loss, steps=result.global_step)

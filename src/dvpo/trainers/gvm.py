@@ -29,7 +29,7 @@ from dvpo.eval.gvm_accuracy import aggregate, pairwise_accuracy, token_values
 from dvpo.models.loading import load_tokenizer, model_reference
 from dvpo.models.value_model import (MODEL_SUBDIR, GlobalValueModel, GvmMeta, build_value_model, gather_values,
                                      value_positions)
-from dvpo.trainers.common import RowRecorder, maybe_lora, training_arguments
+from dvpo.trainers.common import RowRecorder, maybe_lora, training_arguments, whole_weights
 from dvpo.trainers.interrupts import StopOnSignal, raise_if_stopped
 from dvpo.trainers.metrics import MetricsFileCallback
 from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
@@ -158,14 +158,16 @@ def run_gvm(cfg: GvmConfig) -> Path:
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
     raise_if_stopped(trainer.state, folder / CHECKPOINTS)
+    first_draw = features[: len(rows)]
+    stats_rows = first_draw[:: max(1, len(first_draw) // cfg.stats_rows)][: cfg.stats_rows]
+    meta.value_mean, meta.value_std = value_statistics(trainer.model, stats_rows, collator)  # every process
+    meta.validation_accuracy = trainer.state.best_metric if validation else None
+    with whole_weights(trainer.model):
+        if trainer.is_world_process_zero():
+            model_dir = folder / MODEL_SUBDIR
+            trainer.model.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
     if trainer.is_world_process_zero():
-        first_draw = features[: len(rows)]
-        stats_rows = first_draw[:: max(1, len(first_draw) // cfg.stats_rows)][: cfg.stats_rows]
-        meta.value_mean, meta.value_std = value_statistics(trainer.model, stats_rows, collator)
-        meta.validation_accuracy = trainer.state.best_metric if validation else None
-        model_dir = folder / MODEL_SUBDIR
-        trainer.model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
         meta.save(folder)
         selected = {"validation_accuracy": trainer.state.best_metric,
                     "selected_checkpoint": trainer.state.best_model_checkpoint} if validation else {}

@@ -25,7 +25,7 @@ from dvpo.eval.rm_accuracy import (load_pair_rows, pairwise_pairs, response_key,
                                    unique_responses)
 from dvpo.models.loading import load_tokenizer, model_reference
 from dvpo.models.reward_model import MODEL_SUBDIR, RewardModel, RmMeta, build_reward_model, encode_response
-from dvpo.trainers.common import RowRecorder, maybe_lora, training_arguments
+from dvpo.trainers.common import RowRecorder, maybe_lora, training_arguments, whole_weights
 from dvpo.trainers.interrupts import StopOnSignal, raise_if_stopped
 from dvpo.trainers.metrics import MetricsFileCallback
 from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
@@ -122,22 +122,24 @@ def run_rm(cfg: RmConfig) -> Path:
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
     raise_if_stopped(trainer.state, folder / CHECKPOINTS)
+    rm = RewardModel(trainer.model, tokenizer, meta)  # scored on every process (ZeRO-3 runs forwards together)
+    meta.score_mean, meta.score_std = score_statistics(rm, pairs.triples)
+    meta.validation_accuracy = trainer.state.best_metric if validation else None
+    held_out = {}
+    if eval_rows is not None:
+        accuracy = rm_accuracy(rm, eval_rows, mode="all")
+        logger.info("held-out pairwise accuracy on %s: %.1f%% of %d pairs", cfg.eval_data,
+                    100 * accuracy["accuracy"], accuracy["pairs"])
+        held_out = {"eval_pairs": accuracy["pairs"], "eval_accuracy": accuracy["accuracy"]}
+    if validation:
+        held_out.update(validation_rows=len(validation), validation_accuracy=trainer.state.best_metric,
+                        selected_checkpoint=trainer.state.best_model_checkpoint)
+    with whole_weights(trainer.model):
+        if trainer.is_world_process_zero():
+            model_dir = folder / MODEL_SUBDIR
+            trainer.model.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
     if trainer.is_world_process_zero():
-        rm = RewardModel(trainer.model, tokenizer, meta)
-        meta.score_mean, meta.score_std = score_statistics(rm, pairs.triples)
-        meta.validation_accuracy = trainer.state.best_metric if validation else None
-        held_out = {}
-        if eval_rows is not None:
-            accuracy = rm_accuracy(rm, eval_rows, mode="all")
-            logger.info("held-out pairwise accuracy on %s: %.1f%% of %d pairs", cfg.eval_data,
-                        100 * accuracy["accuracy"], accuracy["pairs"])
-            held_out = {"eval_pairs": accuracy["pairs"], "eval_accuracy": accuracy["accuracy"]}
-        if validation:
-            held_out.update(validation_rows=len(validation), validation_accuracy=trainer.state.best_metric,
-                            selected_checkpoint=trainer.state.best_model_checkpoint)
-        model_dir = folder / MODEL_SUBDIR
-        trainer.model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
         meta.save(folder)
         mark_complete(folder, stage="rm", rows=len(rows), data_kind=row_kind(rows), pairs=len(pairs.triples),
                       skipped_equal_scores=pairs.tied, single_response_prompts=pairs.single,

@@ -17,7 +17,7 @@ from dvpo.data.collate import SftCollator
 from dvpo.data.formats import load_rows
 from dvpo.data.tokenize import ensure_pad_token, tokenize_rows
 from dvpo.models.loading import load_causal_lm, load_tokenizer
-from dvpo.trainers.common import RowRecorder, maybe_lora, training_arguments
+from dvpo.trainers.common import RowRecorder, maybe_lora, training_arguments, whole_weights
 from dvpo.trainers.interrupts import StopOnSignal, raise_if_stopped
 from dvpo.trainers.metrics import MetricsFileCallback
 from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
@@ -46,8 +46,9 @@ def run_sft(cfg: SftConfig) -> Path:
     result = trainer.train(resume_from_checkpoint=resume_from)
     raise_if_stopped(trainer.state, folder / CHECKPOINTS)
     if cfg.lora_r > 0:
-        if trainer.is_world_process_zero():
-            trainer.model.merge_and_unload().save_pretrained(folder)
+        with whole_weights(trainer.model):
+            if trainer.is_world_process_zero():
+                trainer.model.merge_and_unload().save_pretrained(folder)
     else:
         trainer.save_model(str(folder))  # every process: gathers ZeRO-3 shards; the main one writes
     if trainer.is_world_process_zero():
