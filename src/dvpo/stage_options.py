@@ -150,8 +150,8 @@ class CompareConfig:
                                 choices=COMPARE_METHODS)
     data: str | None = option(None, help="folder of sft, rated, prompts, test_prompts and rated_test JSONL "
                               "(from `dvpo lab make-data` or `dvpo data ultrafeedback`); default: the lab's")
-    model: str | None = option(None, help="base model to fine-tune (a folder, a Hub id, or a `dvpo models` name such as "
-                               "smollm2-135m-instruct); default: a fresh lab Llama")
+    model: str | None = option(None, help="base model to fine-tune (a folder, a Hub id, or a `dvpo models` name "
+                               "such as smollm2-135m-instruct); default: a fresh lab Llama")
     overrides: dict = option({}, help="per-stage options over the lab settings, e.g. "
                              "'{rl: {learning_rate: 2e-6}, sft: {epochs: 3}}' (stages: sft, gvm, rm, rl, dpo)")
     judge_endpoint: str | None = option(None, help="OpenAI-compatible endpoint of an LLM judge, for data that is "
