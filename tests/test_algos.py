@@ -583,3 +583,56 @@ def test_reliability_weight_is_twice_the_accuracy_above_chance():
     for bad in (-0.1, 1.2, float("nan")):
         with pytest.raises(ValueError):
             reliability_weight(bad)
+
+
+def _dvpo_gae_loop(q, v_first, mask, penalty, mean, std, weight, gamma, lam):
+    """DVPO's gae advantage transcribed in float64 loops, in the GVM's raw units: V(s_1) = v_first,
+    V(s_t) = Q_{t-1} / gamma, the last value Q_T as the reward, then scaled by weight / std (no mean: the
+    values' level is part of what they mean when gamma < 1)."""
+    out = torch.zeros_like(q)
+    for b in range(q.shape[0]):
+        n = int(mask[b].sum())
+        scale = weight / (std + 1e-8)
+        values = [float(v_first[b]) * scale] + [float(q[b, t]) * scale / gamma for t in range(n - 1)]
+        rewards = [-float(penalty[b, t]) for t in range(n)]
+        rewards[-1] += float(q[b, n - 1]) * scale
+        running = 0.0
+        for t in reversed(range(n)):
+            following = values[t + 1] if t + 1 < n else 0.0
+            running = rewards[t] + gamma * following - values[t] + gamma * lam * running
+            out[b, t] = running
+    return out
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.9])
+def test_dvpo_advantages_gae_match_a_float64_loop_and_ignore_the_values_level(gamma):
+    from dvpo.algos.advantages import dvpo_advantages
+
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 5, generator=generator, dtype=torch.float64)
+    v_first = torch.randn(3, generator=generator, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.float64)
+    penalty = 0.1 * torch.rand(3, 5, generator=generator, dtype=torch.float64)
+    got = dvpo_advantages("gae", q, v_first, mask, penalty, mean=2.5, std=0.7, weight=0.6, gamma=gamma, lam=0.8)
+    assert torch.allclose(got, _dvpo_gae_loop(q, v_first, mask, penalty, 2.5, 0.7, 0.6, gamma, 0.8), atol=1e-10)
+    # the stored mean never enters: standardising it in first biased every token by mu (1 - gamma) / (gamma sigma)
+    other = dvpo_advantages("gae", q, v_first, mask, penalty, mean=-4.0, std=0.7, weight=0.6, gamma=gamma, lam=0.8)
+    assert torch.allclose(got, other, atol=1e-12)
+
+
+def test_dvpo_advantages_value_and_difference_by_hand():
+    from dvpo.algos.advantages import dvpo_advantages
+
+    q = torch.tensor([[1.0, 3.0, 2.0]], dtype=torch.float64)
+    mask = torch.ones(1, 3, dtype=torch.float64)
+    penalty = torch.tensor([[0.1, 0.0, 0.2]], dtype=torch.float64)
+    value = dvpo_advantages("value", q, torch.tensor([0.5], dtype=torch.float64), mask, penalty, mean=1.0, std=2.0,
+                            weight=0.5)
+    assert torch.allclose(value, torch.tensor([[0.0 - 0.1, 0.5, 0.25 - 0.2]], dtype=torch.float64), atol=1e-7)
+    diff = dvpo_advantages("difference", q, torch.tensor([0.5], dtype=torch.float64), mask, penalty, mean=1.0,
+                           std=2.0, weight=0.5, gamma=0.5)
+    # raw Q_t - V(s_t) with V(s_1) = 0.5 and V(s_t) = Q_{t-1} / 0.5, times 0.5 / 2, minus the penalty
+    expected = torch.tensor([[(1.0 - 0.5) / 4 - 0.1, (3.0 - 2.0) / 4, (2.0 - 6.0) / 4 - 0.2]], dtype=torch.float64)
+    assert torch.allclose(diff, expected, atol=1e-7)
+    with pytest.raises(ValueError, match="unknown DVPO advantage form"):
+        dvpo_advantages("authors", q, torch.tensor([0.5]), mask, penalty, mean=0.0, std=1.0)

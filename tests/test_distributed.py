@@ -122,7 +122,7 @@ def test_rl_dvpo_two_processes_match_one(tiny_model, tiny_gvm, lab_data, tmp_pat
     one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(one, two):  # the same samples, so the same batch metrics
-        for key in ("score", "kl", "response_length", "value_mean", "eval_score"):
+        for key in ("score", "kl", "response_length", "proxy_score", "gvm_value_mean", "eval_score"):
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-3), (a["step"], key)
     assert_same_training(tmp_path / "one", tmp_path / "two", tiny_model)

@@ -266,7 +266,7 @@ def test_rl_dvpo_with_responses_longer_than_the_gvm_max_length(tiny_model, short
               "--max-new-tokens", str(new_tokens), "--min-new-tokens", str(new_tokens)])
     assert (out / COMPLETE_MARKER).is_file()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 2 and all(r["value_mean"] == r["value_mean"] for r in records)  # no NaN
+    assert len(records) == 2 and all(r["proxy_score"] == r["proxy_score"] for r in records)  # no NaN
     cuts = [r.getMessage() for r in caplog.records if "GVM inputs" in r.getMessage()]
     assert cuts and all(f"4 of 4 responses longer than the GVM's max_length {GVM_MAX_LENGTH}" in m for m in cuts)
 
@@ -280,3 +280,30 @@ def test_max_length_one_is_one_clear_line(stage, tiny_model, long_data, tmp_path
     assert stop.value.code == 2 and "Traceback" not in err
     assert "dvpo: error: max_length (--max-length) must be >= 2 for rows with a response" in err
     assert not (tmp_path / "run" / COMPLETE_MARKER).exists()
+
+
+def test_dvpo_whitens_only_the_tokens_its_gvm_values(tiny_model, short_gvm, lab_data):
+    """Tokens cut beyond the GVM's max_length have no value: they keep advantage 0 after whitening and take no
+    share of its statistics (whitening over every response token gave them -mean/std and a gradient)."""
+    from dvpo.algos.masked import masked_mean, masked_var
+    from dvpo.distributed import BatchStats
+    from dvpo.models.loading import load_causal_lm, load_tokenizer
+    from dvpo.models.value_model import load_value_model
+    from dvpo.rollout.experience import ExperienceMaker
+    from dvpo.trainers.sources.dvpo import DvpoSource
+    from test_sources import hand_rollout
+
+    folder, _ = short_gvm
+    tokenizer, policy = load_tokenizer(str(tiny_model)), load_causal_lm(str(tiny_model)).eval()
+    rollout = hand_rollout(tokenizer, PROMPTS[:4], [LONG, "1 2", LONG, "3"])
+    source = DvpoSource(load_value_model(folder, device="cpu"), "gae", "stored", gamma=1.0, lam=0.95,
+                        kl_in_reward=False)
+    maker = ExperienceMaker(policy, policy, source, BatchStats(), temperature=1.0, rows=4, whiten=True,
+                            one_update=False)
+    experience, _ = maker.make(rollout, kl_coef=0.0)
+    valued = source.advantages(rollout, experience.kl, 0.0).mask
+    mask = experience.mask
+    assert (valued.sum(dim=1) < mask.sum(dim=1)).any()  # the long responses are cut
+    assert experience.advantages[(mask - valued).bool()].abs().max() == 0
+    assert masked_mean(experience.advantages, valued).abs() < 1e-5
+    assert masked_var(experience.advantages, valued, unbiased=True) == pytest.approx(1.0, abs=1e-3)

@@ -82,7 +82,7 @@ def test_dvpo_runs_logs_and_evaluates(tiny_model, tiny_gvm, lab_data, tmp_path):
                   "--rollout-engine", "static"))  # rollouts and evaluation on the static engine
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
-    for key in ("score", "kl", "kl_coef", "clip_frac", "entropy", "response_length", "value_mean",
+    for key in ("score", "kl", "kl_coef", "clip_frac", "entropy", "response_length", "proxy_score", "gvm_value_mean",
                 "time_generation", "time_forward", "time_update", "peak_memory_bytes"):
         assert key in records[-1], key
     assert "eval_score" in records[1] and "eval_score" not in records[0]
@@ -160,7 +160,7 @@ def _run_reward_algo(algo, tiny_model, tiny_rm, lab_data, out, *extra):
 
 def test_ppo_trains_policy_and_critic_on_the_same_loop(tiny_model, tiny_rm, lab_data, tmp_path):
     records = _run_reward_algo("ppo", tiny_model, tiny_rm, lab_data, tmp_path / "ppo")
-    for key in ("reward_mean", "value_mean", "value_loss", "value_clip_frac", "kl", "score"):
+    for key in ("proxy_score", "value_mean", "value_loss", "value_clip_frac", "kl", "score"):
         assert key in records[-1], key
     assert (tmp_path / "ppo" / "dvpo_complete.json").exists()
 
@@ -168,13 +168,13 @@ def test_ppo_trains_policy_and_critic_on_the_same_loop(tiny_model, tiny_rm, lab_
 def test_remax_scores_a_greedy_baseline(tiny_model, tiny_rm, lab_data, tmp_path):
     records = _run_reward_algo("remax", tiny_model, tiny_rm, lab_data, tmp_path / "remax",
                                "--rollout-engine", "static")  # its greedy baseline too
-    assert {"reward_mean", "greedy_reward_mean", "clip_frac"} <= set(records[-1])
+    assert {"proxy_score", "greedy_proxy_score", "clip_frac"} <= set(records[-1])
     assert "value_loss" not in records[-1]  # no critic
 
 
 def test_grpo_samples_groups_and_checks_the_batch(tiny_model, tiny_rm, lab_data, tmp_path, capsys):
     records = _run_reward_algo("grpo", tiny_model, tiny_rm, lab_data, tmp_path / "grpo", "--group-size", "2")
-    assert "reward_mean" in records[-1] and len(records) == 2
+    assert "proxy_score" in records[-1] and len(records) == 2
     with pytest.raises(SystemExit):
         _run_reward_algo("grpo", tiny_model, tiny_rm, lab_data, tmp_path / "bad", "--group-size", "3")
     assert "multiple of --group-size 3" in capsys.readouterr().err
@@ -334,3 +334,46 @@ def test_dvpo_reliability_advantages_are_the_stored_ones_times_the_weight(advant
     assert stored.abs().sum() > 0
     torch.testing.assert_close(advantages("reliability", 0.3), 0.3 * stored)
     assert advantages("reliability", 0.0).eq(0).all()
+
+
+# --- every algorithm learns: a toy reward that a sign error would turn into a loss ------------------------
+
+SHORT_REWARD = ("def short(prompts, completions, **kwargs):\n"
+                "    return [-float(len(c.split())) for c in completions]\n")
+
+
+@pytest.fixture(scope="module")
+def short_reward(tmp_path_factory):
+    path = tmp_path_factory.mktemp("toy") / "short.py"
+    path.write_text(SHORT_REWARD)
+    return f"{path}:short"
+
+
+@pytest.fixture(scope="module")
+def short_gvm(tiny_model, lab_data, tmp_path_factory):
+    """A GVM trained on the lab's rated responses rescored by the toy reward (fewer words score higher)."""
+    root = tmp_path_factory.mktemp("toy-gvm")
+    rows = [json.loads(line) for line in lab_data["rated"].read_text().splitlines()]
+    (root / "rated.jsonl").write_text("".join(json.dumps({**row, "score": -float(len(row["completion"].split()))})
+                                              + "\n" for row in rows))
+    main(["gvm", "--model", str(tiny_model), "--data", str(root / "rated.jsonl"), "--out", str(root / "gvm"),
+          "--max-steps", "60", "--batch-size", "16", "--learning-rate", "1e-3", "--max-length", "96", "--tau", "none",
+          "--td-lambda", "1", "--value-normalization", "none", "--lora-r", "0", "--validation-fraction", "0"])
+    return root / "gvm"
+
+
+@pytest.mark.parametrize("algo", ["dvpo", "ppo", "remax", "grpo", "rloo"])
+def test_every_algorithm_shortens_responses_for_a_reward_that_pays_for_brevity(algo, tiny_model, short_reward,
+                                                                                short_gvm, lab_data, tmp_path):
+    """From an untrained model, whose samples run to the token limit, each algorithm's responses get shorter
+    when shorter ones are paid more: a negated advantage or loss would lengthen them."""
+    out = tmp_path / algo
+    signal = ["--gvm", str(short_gvm), "--dvpo-normalization", "stored"] if algo == "dvpo" else \
+        ["--reward-fn", short_reward]
+    main(["rl", "--algo", algo, "--policy", str(tiny_model), "--prompts", str(lab_data["prompts"]), "--out", str(out),
+          *signal, "--steps", "16", "--rollout-batch-size", "16", "--mini-batch-size", "8", "--ppo-epochs", "2",
+          "--group-size", "4", "--learning-rate", "3e-3", "--max-new-tokens", "12", "--kl-coef", "0.01",
+          "--kl-target", "0", "--max-length-ratio", "0", "--max-kl", "0", "--save-every", "100"])
+    lengths = [json.loads(line)["response_length"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    first, last = sum(lengths[:4]) / 4, sum(lengths[-4:]) / 4
+    assert last < 0.8 * first, f"{algo}: response length {first:.1f} -> {last:.1f}"

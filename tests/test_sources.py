@@ -215,7 +215,7 @@ def test_ppo_gae_runs_over_the_critic_with_the_score_on_the_last_token(tiny_mode
                                    atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(exp.returns[i, :n].double(), torch.tensor(expected, dtype=torch.float64)
                                    + values[i, :n], atol=1e-4, rtol=1e-4)
-    assert exp.metrics["reward_mean"] == pytest.approx(sum(len(r.split()) for r in RESPONSES) / 4)
+    assert exp.metrics["proxy_score"] == pytest.approx(sum(len(r.split()) for r in RESPONSES) / 4)
     zeros = torch.zeros_like(mask)
     experience = Experience(rollout.seq, zeros, zeros, kl, exp.advantages, exp.old_values, exp.returns)
     loss, stats = PpoSource(scorer, critic, 1.0, lam, 0.2, True).value_loss(experience.rows(torch.tensor([0, 2])))
@@ -274,7 +274,7 @@ def test_remax_baseline_is_the_reward_of_the_policys_greedy_response(tiny_model,
         greedy_lengths.append(len(text.split()))
     for i, response in enumerate(RESPONSES):
         assert exp.advantages[i, 0].item() == pytest.approx(len(response.split()) - greedy_lengths[i])
-    assert exp.metrics["greedy_reward_mean"] == pytest.approx(sum(greedy_lengths) / 4)
+    assert exp.metrics["greedy_proxy_score"] == pytest.approx(sum(greedy_lengths) / 4)
 
 
 def test_the_experience_maker_fills_one_experience(tiny_model, tokenizer, tmp_path):
@@ -299,7 +299,7 @@ def test_the_experience_maker_fills_one_experience(tiny_model, tokenizer, tmp_pa
         mask = experience.mask
         assert masked_mean(experience.advantages, mask).abs() < 1e-6
         assert masked_var(experience.advantages, mask, unbiased=True) == pytest.approx(1.0, abs=1e-4)
-        assert "reward_mean" in experience.metrics
+        assert "proxy_score" in experience.metrics
         half = experience.rows(torch.tensor([1, 3]))
         torch.testing.assert_close(half.advantages, experience.advantages[[1, 3]])
 
@@ -354,7 +354,7 @@ def test_rl_trains_on_a_reward_function_without_a_reward_model(algo, tiny_model,
           "--steps", "2", "--rollout-batch-size", "4", "--group-size", "2", "--mini-batch-size", "2",
           "--ppo-epochs", "1", "--max-new-tokens", "6"])
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 2 and "reward_mean" in records[-1] and (out / "dvpo_complete.json").exists()
+    assert len(records) == 2 and "proxy_score" in records[-1] and (out / "dvpo_complete.json").exists()
 
 
 def test_a_failing_reward_function_stops_the_run_with_a_clear_error(tiny_model, lab_data, tmp_path, capsys):

@@ -28,6 +28,7 @@ __all__ = [
     "dvpo_value_advantages",
     "dvpo_difference_advantages",
     "dvpo_critic_advantages",
+    "dvpo_advantages",
     "group_normalized_advantages",
     "remax_advantages",
     "broadcast_sequence_advantage",
@@ -144,6 +145,45 @@ def dvpo_critic_advantages(
     last_q = qm.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1) * (lengths > 0)
     rewards = last_token_rewards(last_q, m) - kl_penalty.detach().to(q.dtype) * m
     return gae(state_values, rewards, m, gamma, lam)
+
+
+def dvpo_advantages(
+    form: str,
+    q_values: torch.Tensor,
+    v_first: torch.Tensor,
+    mask: torch.Tensor,
+    kl_penalty: torch.Tensor,
+    mean: float | torch.Tensor,
+    std: float | torch.Tensor,
+    weight: float = 1.0,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> torch.Tensor:
+    """DVPO's per-token advantages from raw GVM values, in one of three forms, detached; 0 off `mask`.
+
+    - ``"value"`` (the paper): the standardised value ``w (Q_t - mu) / sigma`` minus ``kl_penalty_t``;
+    - ``"difference"``: ``w (Q_t - V(s_t)) / sigma`` minus ``kl_penalty_t``
+      (:func:`dvpo_difference_advantages` on raw values);
+    - ``"gae"``: GAE with the frozen GVM as critic (:func:`dvpo_critic_advantages`) on the raw values scaled
+      by ``w / sigma``, with ``kl_penalty`` in its rewards.
+
+    The two forms that difference values apply the normalisation as a scale only, ``mu`` left out: with
+    ``V(s_t) = Q_{t-1} / gamma``, subtracting ``mu`` before the division would add
+    ``mu (1 - gamma) / (gamma sigma)`` to every token's advantage when ``gamma < 1``; at ``gamma = 1`` the
+    level cancels and both readings agree. ``weight`` is the reliability weight (1 for none).
+    """
+    m = _fmask(mask, q_values)
+    q, first = q_values.detach() * m, v_first.detach().to(q_values.dtype)
+    penalty = kl_penalty.detach().to(q.dtype) * m
+    sigma = torch.as_tensor(std, dtype=q.dtype, device=q.device)
+    if form == "value":
+        return dvpo_value_advantages(q, m, mode="stored", mean=mean, std=std) * weight - penalty
+    scale = weight / (sigma + STD_EPS)
+    if form == "difference":
+        return dvpo_difference_advantages(q * scale, m, gamma, v_first=first * scale) - penalty
+    if form == "gae":
+        return dvpo_critic_advantages(q * scale, first * scale, m, penalty, gamma, lam)[0]
+    raise ValueError(f"unknown DVPO advantage form {form!r}; choose value, difference or gae")
 
 
 def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -141,6 +141,8 @@ class Advantages:
     metrics: dict = field(default_factory=dict)
     old_values: torch.Tensor | None = None        # a trained critic's values at rollout time
     returns: torch.Tensor | None = None
+    mask: torch.Tensor | None = None              # [B, R] the tokens the advantages cover (None: every response
+                                                  # token); DVPO's GVM values no token cut beyond its max_length
 
 
 @dataclass
@@ -170,7 +172,8 @@ class Experience:
 
 class ExperienceMaker:
     """The experience phase of a step: old and reference log-probs, per-token KL, the source's advantages,
-    whitened over the whole batch when asked.
+    whitened over the whole batch when asked (over the tokens they cover: cut tokens keep no advantage and
+    no share of the statistics).
 
     With one update per step (`one_update`) the update is on-policy: the update's own forward, detached,
     gives the old log-probs (as TRL's GRPO does), which saves one forward pass of the policy; that
@@ -195,7 +198,7 @@ class ExperienceMaker:
         ref_logp = frozen_logprobs(self.reference, seq, self.temperature, self.rows)
         kl = kl_k1(old_logp, ref_logp) * seq.response_mask
         added = self.source.advantages(rollout, kl, kl_coef)
-        advantages = (self.stats.masked_whiten(added.advantages, seq.response_mask) if self.whiten
-                      else added.advantages)
+        covered = seq.response_mask if added.mask is None else added.mask
+        advantages = self.stats.masked_whiten(added.advantages, covered) if self.whiten else added.advantages
         return Experience(seq, old_logp, ref_logp, kl, advantages, added.old_values, added.returns,
                           added.metrics), live

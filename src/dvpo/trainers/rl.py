@@ -274,7 +274,7 @@ def save(run: RlRun) -> Path:
             final.save_pretrained(folder, state_dict=state)
     if main_process:
         run.tokenizer.save_pretrained(folder)
-        plot_metrics(run.metrics_path, ("score", "eval_score", "reward_mean", "kl", "kl_coef", "entropy",
+        plot_metrics(run.metrics_path, ("score", "eval_score", "proxy_score", "kl", "kl_coef", "entropy",
                                         "response_length", "length_ratio", "clip_frac"), folder / "metrics.png")
     if run.trackers:
         accelerator.end_training()

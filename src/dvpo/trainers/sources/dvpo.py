@@ -12,8 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from dvpo.algos.advantages import dvpo_critic_advantages, dvpo_difference_advantages, dvpo_value_advantages
-from dvpo.algos.masked import standardize
+from dvpo.algos.advantages import dvpo_advantages
 from dvpo.errors import ConfigError
 from dvpo.data.collate import pad_sequences
 from dvpo.data.tau import conditioned_on, sample_tau_sets
@@ -129,14 +128,19 @@ class DvpoSource(FrozenSignalSource):
         else:  # the rollout batch's own statistics over its response tokens (of every process)
             mean, var, _ = rollout.stats.masked_moments(q, valued)
             std = var.sqrt()
-        q_norm = dvpo_value_advantages(q, valued, mode="stored", mean=mean, std=std) * self.weight
-        v_first = standardize(v_first, mean, std) * self.weight
         penalty = kl_coef * kl if self.kl_in_reward else torch.zeros_like(kl)
-        if self.advantage == "gae":
-            advantages, _ = dvpo_critic_advantages(q_norm, v_first, valued, penalty, self.gamma, self.lam)
-        elif self.advantage == "difference":
-            advantages = dvpo_difference_advantages(q_norm, valued, self.gamma, v_first=v_first) - penalty * valued
-        else:
-            advantages = q_norm - penalty * valued
-        batch_mean = lambda x: rollout.stats.masked_moments(x, mask)[0].item()  # noqa: E731 (token mean, all processes)
-        return Advantages(advantages, {"value_mean": batch_mean(q), "advantage_mean": batch_mean(advantages)})
+        advantages = dvpo_advantages(self.advantage, q, v_first, valued, penalty, mean, std, self.weight,
+                                     self.gamma, self.lam)
+        batch_mean = lambda x, over: rollout.stats.masked_moments(x, over)[0].item()  # noqa: E731 (all processes)
+        return Advantages(advantages, {"proxy_score": self.final_value(q, valued, rollout),
+                                       "gvm_value_mean": batch_mean(self.gvm.normalize(q) * valued, valued),
+                                       "advantage_mean": batch_mean(advantages, valued)}, mask=valued)
+
+    def final_value(self, q: torch.Tensor, valued: torch.Tensor, rollout: Rollout) -> float:
+        """The run's proxy score: the batch mean of the GVM's value of each sample's last valued token,
+        standardised by its stored statistics (no reliability weight): what DVPO pushes up, to set beside a
+        gold score (over-optimisation shows as the two diverging)."""
+        lengths = valued.sum(dim=1).long()
+        last = q.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+        has_value = (lengths > 0).to(q.dtype).unsqueeze(1)
+        return rollout.stats.masked_moments(self.gvm.normalize(last).unsqueeze(1), has_value)[0].item()

@@ -35,4 +35,4 @@ class GrpoSource(RewardSource):
         scores = self.scorer(unpadded_rows(rollout.seq), rollout.prompts, rollout.texts,
                              rollout.columns).to(mask.device)
         advantages = group_normalized_advantages(scores, self.group_size)
-        return Advantages(broadcast_sequence_advantage(advantages, mask), {"reward_mean": scores.mean().item()})
+        return Advantages(broadcast_sequence_advantage(advantages, mask), {"proxy_score": scores.mean().item()})

@@ -64,7 +64,7 @@ class PpoSource(RewardSource):
         values = critic_values(self.critic, seq)
         rewards = per_token_rewards(scores, kl, mask, kl_coef if self.kl_in_reward else 0.0)
         advantages, returns = gae(values, rewards, mask, self.gamma, self.lam)
-        return Advantages(advantages, {"reward_mean": scores.mean().item(),
+        return Advantages(advantages, {"proxy_score": scores.mean().item(),
                                        "value_mean": rollout.stats.masked_moments(values, mask)[0].item()},
                           old_values=values, returns=returns)
 

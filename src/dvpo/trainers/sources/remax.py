@@ -42,5 +42,5 @@ class RemaxSource(RewardSource):
         advantages = broadcast_sequence_advantage(remax_advantages(scores, greedy_scores), mask)
         if self.kl_in_reward:
             advantages = advantages - kl_coef * kl * mask
-        return Advantages(advantages, {"reward_mean": scores.mean().item(),
-                                       "greedy_reward_mean": greedy_scores.mean().item()})
+        return Advantages(advantages, {"proxy_score": scores.mean().item(),
+                                       "greedy_proxy_score": greedy_scores.mean().item()})

@@ -43,4 +43,4 @@ class RlooSource(RewardSource):
                              rollout.columns).to(mask.device)
         rewards = scores - kl_coef * (kl * mask).sum(dim=1) if self.kl_in_reward else scores
         advantages = leave_one_out_advantages(rewards, self.group_size)
-        return Advantages(broadcast_sequence_advantage(advantages, mask), {"reward_mean": scores.mean().item()})
+        return Advantages(broadcast_sequence_advantage(advantages, mask), {"proxy_score": scores.mean().item()})
