@@ -35,13 +35,15 @@ class PpoSource(RewardSource):
     def build(cls, cfg, device, policy, reference, tokenizer):
         from dvpo.models.value_model import build_value_model
 
-        critic = build_value_model(cfg.critic_init or default_critic_init(cfg, tokenizer), cfg.dtype, fsdp=cfg.fsdp).to(device)
+        init = cfg.critic_init or default_critic_init(cfg, tokenizer)
+        critic = build_value_model(init, cfg.dtype, fsdp=cfg.fsdp).to(device)
         rank = critic_lora_rank(cfg)
         if rank > 0:
             from dvpo.trainers.common import with_lora
 
             critic = with_lora(critic, rank, cfg.lora_alpha, 0.0, task_type="TOKEN_CLS")
-        return cls(SequenceScorer.from_config(cfg, device, tokenizer), critic, cfg.gamma, cfg.gae_lambda, cfg.value_clip,
+        return cls(SequenceScorer.from_config(cfg, device, tokenizer), critic, cfg.gamma, cfg.gae_lambda,
+                   cfg.value_clip,
                    cfg.kl_penalty == "reward"), reference
 
     @classmethod

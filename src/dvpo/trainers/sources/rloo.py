@@ -34,7 +34,8 @@ class RlooSource(RewardSource):
 
     @classmethod
     def build(cls, cfg, device, policy, reference, tokenizer):
-        return cls(SequenceScorer.from_config(cfg, device, tokenizer), cfg.group_size, cfg.kl_penalty == "reward"), reference
+        scorer = SequenceScorer.from_config(cfg, device, tokenizer)
+        return cls(scorer, cfg.group_size, cfg.kl_penalty == "reward"), reference
 
     @torch.no_grad()
     def advantages(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Advantages:
