@@ -221,7 +221,7 @@ def test_rm_trains_on_responses_longer_than_max_length(tiny_model, long_data, tm
     [cut] = _cut_lines(caplog)
     assert cut.startswith("reward model inputs: 2 rows tokenized (max_length 10)") and "1 responses cut" in cut
     kept = truncate(prompt_ids + long_ids, [0] * len(prompt_ids) + [1] * len(long_ids), 10)[0]
-    assert torch.allclose(scores[0], rm.score_ids(torch.tensor([kept]), torch.ones(1, len(kept)))[0].cpu())
+    assert torch.allclose(scores[0], rm.score_rows([kept])[0].cpu())
 
 
 def test_dpo_trains_on_responses_longer_than_max_length(tiny_model, long_data, tmp_path):

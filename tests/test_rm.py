@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from dvpo.cli import main
-from dvpo.data.collate import pad_sequences
 from dvpo.data.jsonl import write_jsonl
 from dvpo.eval.rm_accuracy import pairwise_pairs
 from dvpo.lab.task import reference_answer
@@ -101,14 +100,13 @@ def test_saved_rm_holds_model_tokenizer_and_score_statistics(easy_rm):
     assert scores[0] > scores[1]
 
 
-def test_score_ids_on_a_right_padded_batch_equals_score(easy_rm):
+def test_score_rows_on_a_right_padded_batch_equals_score(easy_rm):
     rm = load_reward_model(easy_rm / "rm")
     prompts = ["sort 3 1 2", "repeat 4 5 6 7 8", "sort 9 1"]
     responses = ["1 2 3 hope this helps", "4 5 6 7 8", "1 9"]
     ids = [encode_response(rm.tokenizer, p, r, rm.meta.max_length)[0] for p, r in zip(prompts, responses)]
     assert len({len(i) for i in ids}) == 3  # different lengths, so two rows are padded
-    batch = pad_sequences(ids, rm.tokenizer.pad_token_id)
-    padded = rm.score_ids(batch, pad_sequences([[1] * len(i) for i in ids], 0))
+    padded = rm.score_rows(ids)
     alone = rm.score(prompts, responses, batch_size=1)  # no padding at all
     torch.testing.assert_close(padded.cpu(), alone, atol=1e-5, rtol=1e-5)
 

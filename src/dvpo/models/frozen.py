@@ -9,6 +9,9 @@ from typing import ClassVar
 
 import torch
 
+from dvpo.data.collate import pad_sequences
+from dvpo.data.tokenize import truncate
+
 
 class StageMeta:
     """Mixin for a dataclass saved as `FILE` beside a trained model: the options it needs to be used as trained."""
@@ -35,6 +38,17 @@ class FrozenScorer:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def fit(self, ids: list[int], response_mask: list[int]) -> tuple[list[int], list[int], str]:
+        """One row cut to the scorer's `max_length` by the rule it was trained with (`truncate`)."""
+        return truncate(ids, response_mask, self.meta.max_length)
+
+    def padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token rows of this scorer's tokenizer as (input_ids, attention_mask) on its device, right-padded with
+        its own pad id: the one place a scorer's inputs are batched (rows of another tokenizer are re-encoded
+        first, see `dvpo.models.tokenizer_match`)."""
+        return (pad_sequences(rows, self.tokenizer.pad_token_id).to(self.device),
+                pad_sequences([[1] * len(row) for row in rows], 0).to(self.device))
 
 
 class AdapterOff:

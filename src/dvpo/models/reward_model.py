@@ -21,7 +21,6 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from dvpo.algos.masked import standardize
-from dvpo.data.collate import pad_sequences
 from dvpo.data.tokenize import TruncationStats, encode_example, ensure_pad_token, truncate
 from dvpo.models.frozen import FrozenScorer, StageMeta
 from dvpo.models.loading import (check_model_path, default_device, load_tokenizer, loading_errors, resolve_dtype,
@@ -74,10 +73,10 @@ class RewardModel(FrozenScorer):
         return standardize(scores, self.meta.score_mean, self.meta.score_std)
 
     @torch.no_grad()
-    def score_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B] raw scores of already tokenised rows (padded with the tokenizer's pad id)."""
-        logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)).logits
-        return logits.squeeze(-1).float()
+    def score_rows(self, rows: list[list[int]]) -> torch.Tensor:
+        """[B] raw scores of rows already tokenised with this model's tokenizer and cut to its max_length."""
+        input_ids, attention_mask = self.padded(rows)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
 
     def score(self, prompts: list, responses: list, batch_size: int = 32) -> torch.Tensor:
         """[N] raw scores on the CPU, in the order given."""
@@ -88,10 +87,7 @@ class RewardModel(FrozenScorer):
                        for p, r in zip(prompts[begin:begin + batch_size], responses[begin:begin + batch_size])]
             for _, what in encoded:
                 cut.add(what)
-            ids = [e[0] for e in encoded]
-            batch = pad_sequences(ids, self.tokenizer.pad_token_id)
-            attention = pad_sequences([[1] * len(i) for i in ids], 0)
-            scores.append(self.score_ids(batch, attention).cpu())
+            scores.append(self.score_rows([ids for ids, _ in encoded]).cpu())
         cut.log("reward model scoring", self.meta.max_length)
         return torch.cat(scores) if scores else torch.zeros(0)
 

@@ -19,9 +19,8 @@ import torch
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
 from dvpo.algos.masked import standardize
-from dvpo.data.collate import pad_sequences
 from dvpo.data.tau import conditioned_on
-from dvpo.data.tokenize import TruncationStats, encode_example, ensure_pad_token, truncate
+from dvpo.data.tokenize import TruncationStats, encode_example, ensure_pad_token
 from dvpo.errors import ModelError
 from dvpo.models.frozen import FrozenScorer, StageMeta
 from dvpo.models.loading import (check_model_path, default_device, loading_errors, model_reference, resolve_dtype,
@@ -125,8 +124,7 @@ class GlobalValueModel(FrozenScorer):
         """Token ids of [tau; prompt; response], its value slots and what truncation cut; tau (a list of
         (prompt, response) pairs) is dropped when the GVM was trained without it."""
         pairs = list(tau or []) if self.meta.tau else []
-        ids, mask = encode_example(self.tokenizer, conditioned_on(prompt, pairs), response)
-        ids, mask, what = truncate(ids, mask, self.meta.max_length)
+        ids, mask, what = self.fit(*encode_example(self.tokenizer, conditioned_on(prompt, pairs), response))
         start, length = value_positions(mask)
         return ids, start, length, what
 
@@ -150,8 +148,7 @@ class GlobalValueModel(FrozenScorer):
                                                           taus[begin:begin + batch_size])]
             for e in encoded:
                 cut.add(e[3])
-            ids = pad_sequences([e[0] for e in encoded], self.tokenizer.pad_token_id).to(self.device)
-            attention = pad_sequences([[1] * len(e[0]) for e in encoded], 0).to(self.device)
+            ids, attention = self.padded([e[0] for e in encoded])
             starts = torch.tensor([e[1] for e in encoded], device=self.device)
             lengths = torch.tensor([e[2] for e in encoded], device=self.device)
             values, _ = self.slot_values(ids, attention, starts, lengths, normalized)

@@ -14,9 +14,8 @@ import torch
 
 from dvpo.algos.advantages import dvpo_advantages
 from dvpo.errors import ConfigError
-from dvpo.data.collate import pad_sequences
 from dvpo.data.tau import conditioned_on, sample_tau_sets
-from dvpo.data.tokenize import TruncationStats, encode_prompt, truncate
+from dvpo.data.tokenize import TruncationStats, encode_prompt
 from dvpo.errors import ModelError
 from dvpo.rollout.experience import Advantages, Rollout, length_sorted_chunks, unpadded_rows
 from dvpo.trainers.sources.base import FrozenSignalSource
@@ -81,8 +80,7 @@ class DvpoSource(FrozenSignalSource):
             prompt_ids = encode_prompt(self.gvm.tokenizer, conditioned_on(rollout.prompts[i], pairs))
             if not prompt_ids:
                 raise ModelError("the GVM's tokenizer encodes the prompt to no token, so there is no slot for V(s_1)")
-            kept, mask, what = truncate(prompt_ids + response, [0] * len(prompt_ids) + [1] * len(response),
-                                        self.gvm.meta.max_length)
+            kept, mask, what = self.gvm.fit(prompt_ids + response, [0] * len(prompt_ids) + [1] * len(response))
             cut.add(what)
             ids.append(kept)
             starts.append(mask.index(1) - 1 if 1 in mask else len(kept) - 1)
@@ -92,9 +90,7 @@ class DvpoSource(FrozenSignalSource):
                            "last token cut on the right; their cut-off tokens get no advantage",
                            cut.response_truncated, len(rows), self.gvm.meta.max_length)
         device = self.gvm.device
-        return (pad_sequences(ids, self.gvm.tokenizer.pad_token_id).to(device),
-                pad_sequences([[1] * len(x) for x in ids], 0).to(device),
-                torch.tensor(starts, device=device), torch.tensor(lengths, device=device))
+        return (*self.gvm.padded(ids), torch.tensor(starts, device=device), torch.tensor(lengths, device=device))
 
     def slot_values(self, ids: torch.Tensor, attention: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor):
         """The GVM's raw slot values [B, T+1] and their mask, `forward_rows` rows at a time: rows of similar

@@ -13,8 +13,7 @@ import logging
 import torch
 
 from dvpo.algos.advantages import reliability_weight
-from dvpo.data.collate import pad_sequences
-from dvpo.data.tokenize import TruncationStats, truncate
+from dvpo.data.tokenize import TruncationStats
 from dvpo.errors import ConfigError
 from dvpo.models.tokenizer_match import describe, same_vocabulary
 from dvpo.user_functions import RewardFunction
@@ -60,15 +59,12 @@ def reward_scores(reward_model, rows: list[tuple[list[int], list[int]]], normali
     cut = TruncationStats()
     ids = []
     for prompt, response in rows:
-        kept, _, what = truncate(prompt + response, [0] * len(prompt) + [1] * len(response),
-                                 reward_model.meta.max_length)
+        kept, _, what = reward_model.fit(prompt + response, [0] * len(prompt) + [1] * len(response))
         cut.add(what)
         ids.append(kept)
     if cut.prompt_truncated or cut.response_truncated:
         cut.log("reward model inputs", reward_model.meta.max_length)
-    device = reward_model.device
-    scores = reward_model.score_ids(pad_sequences(ids, reward_model.tokenizer.pad_token_id).to(device),
-                                    pad_sequences([[1] * len(x) for x in ids], 0).to(device))
+    scores = reward_model.score_rows(ids)
     scores = reward_model.normalize(scores) if normalize else scores
     return (scores * weight).float().cpu()
 
