@@ -636,3 +636,29 @@ def test_dvpo_advantages_value_and_difference_by_hand():
     assert torch.allclose(diff, expected, atol=1e-7)
     with pytest.raises(ValueError, match="unknown DVPO advantage form"):
         dvpo_advantages("authors", q, torch.tensor([0.5]), mask, penalty, mean=0.0, std=1.0)
+
+
+def test_dvpo_authors_advantages_match_a_float64_transcription_of_their_code():
+    """policyv1_trainer.py: values whitened per row over all positions (trl's whiten: unbiased variance), rewards
+    -beta * kl only, GAE with lam 0.95 and a zero value after the last token."""
+    from dvpo.algos.advantages import dvpo_authors_advantages
+
+    generator = torch.Generator().manual_seed(1)
+    before = torch.randn(2, 4, generator=generator, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.float64)
+    positions = [torch.randn(9, generator=generator, dtype=torch.float64) for _ in range(2)]  # prompt + response
+    row_mean = torch.stack([p.mean() for p in positions])
+    row_var = torch.stack([p.var() for p in positions])
+    penalty = 0.2 * torch.rand(2, 4, generator=generator, dtype=torch.float64)
+    got = dvpo_authors_advantages(before * mask, mask, row_mean, row_var, penalty, gamma=1.0, lam=0.95)
+    for b in range(2):
+        n = int(mask[b].sum())
+        u = [(float(before[b, t]) - float(row_mean[b])) / math.sqrt(float(row_var[b]) + 1e-8) for t in range(n)]
+        last = 0.0
+        for t in reversed(range(n)):
+            following = u[t + 1] if t + 1 < n else 0.0
+            delta = -float(penalty[b, t]) + following - u[t]
+            last = delta + 0.95 * last
+            assert float(got[b, t]) == pytest.approx(last, abs=1e-10)
+        assert float(got[b, n - 1]) == pytest.approx(-float(penalty[b, n - 1]) - u[n - 1], abs=1e-10)
+        assert got[b, n:].abs().sum() == 0

@@ -365,3 +365,29 @@ def test_a_failing_reward_function_stops_the_run_with_a_clear_error(tiny_model, 
               "--rollout-batch-size", "4", "--group-size", "2", "--mini-batch-size", "4", "--max-new-tokens", "4"])
     assert stop.value.code == 2
     assert f"--reward-fn function {path}:half returned 2 value(s) for 4 completions" in capsys.readouterr().err
+
+
+def test_dvpo_authors_form_whitens_each_rows_values_over_all_its_positions(tiny_gvm, tokenizer):
+    """`--dvpo-advantage authors` reads the value of the state before each token, whitened with the row's own
+    statistics over its whole GVM input (prompt included), and pays only the KL."""
+    from dvpo.algos.advantages import dvpo_authors_advantages
+    from dvpo.models.value_model import load_value_model
+    from dvpo.trainers.sources.dvpo import DvpoSource
+
+    gvm = load_value_model(tiny_gvm, device="cpu")
+    rollout = hand_rollout(tokenizer, PROMPTS, RESPONSES)
+    source = DvpoSource(gvm, "authors", "none", gamma=1.0, lam=0.95, kl_in_reward=True)
+    assert source.whiten_default
+    mask = rollout.seq.response_mask
+    kl = 0.05 * torch.ones_like(mask) * mask
+    got = source.advantages(rollout, kl, kl_coef=0.2).advantages
+    ids, attention, starts, lengths = source.gvm_inputs(rollout)
+    for i in range(len(PROMPTS)):
+        row = ids[i][attention[i].bool()][None]
+        logits = gvm.model(input_ids=row, attention_mask=torch.ones_like(row)).logits.squeeze(-1).float()[0]
+        n = int(mask[i].sum())
+        before = logits[int(starts[i]): int(starts[i]) + n][None]
+        expected = dvpo_authors_advantages(before, torch.ones(1, n), logits.mean()[None], logits.var()[None],
+                                           0.2 * kl[i: i + 1, :n])
+        torch.testing.assert_close(got[i, :n], expected[0], atol=1e-4, rtol=1e-4)
+        assert got[i, n:].abs().sum() == 0

@@ -277,7 +277,10 @@ class RlConfig:
                              choices=["reward", "loss"])
     dvpo_advantage: str = option("gae", help="dvpo: gae (the frozen GVM as critic: its last value is the reward, GAE "
                                  "over its values, whitened like PPO's), value (the paper's normalised token value) or "
-                                 "difference (Q_t - Q_{t-1}/gamma)", choices=["gae", "value", "difference"])
+                                 "difference (Q_t - Q_{t-1}/gamma), or authors (the authors' code: a KL-only reward, "
+                                 "each row's values whitened over all its positions, GAE to a zero terminal value, "
+                                 "whitened; no normalisation option applies)",
+                                 choices=["gae", "value", "difference", "authors"])
     dvpo_normalization: str = option("reliability", help="dvpo: normalise values by the GVM's statistics on its "
                                      "training data (stored); the same times 2 * its validation pairwise accuracy - 1 "
                                      "(reliability: a GVM at chance gives no signal); by the rollout batch's "

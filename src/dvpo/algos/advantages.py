@@ -29,6 +29,7 @@ __all__ = [
     "dvpo_difference_advantages",
     "dvpo_critic_advantages",
     "dvpo_advantages",
+    "dvpo_authors_advantages",
     "group_normalized_advantages",
     "remax_advantages",
     "broadcast_sequence_advantage",
@@ -184,6 +185,31 @@ def dvpo_advantages(
     if form == "gae":
         return dvpo_critic_advantages(q * scale, first * scale, m, penalty, gamma, lam)[0]
     raise ValueError(f"unknown DVPO advantage form {form!r}; choose value, difference or gae")
+
+
+def dvpo_authors_advantages(
+    values_before: torch.Tensor,
+    mask: torch.Tensor,
+    row_mean: torch.Tensor,
+    row_var: torch.Tensor,
+    kl_penalty: torch.Tensor,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> torch.Tensor:
+    """DVPO as the authors' code computes it (microsoft/DKI_LLM, dvpo/policy_model_training/policyv1_trainer.py),
+    before the batch whitening of advantages that the loop applies; detached, 0 off `mask`.
+
+    ``values_before[b, t]`` is the frozen GVM's value of the state before response token ``t`` (the slot the
+    authors' value model trains its score on, one before the token). Each row's values are whitened with that
+    row's own mean and unbiased variance over all its positions, prompt included (``row_mean``, ``row_var``:
+    trl's ``whiten`` on a forward batch of one row): ``u_t = (v_t - mu) / sqrt(var + 1e-8)``. The per-token
+    reward is only ``-kl_penalty_t`` (the score term is commented out there), and GAE runs with a zero value
+    after the last token: ``delta_t = -kl_t + gamma u_{t+1} - u_t`` with ``u_{T+1} = 0``, so the last token's
+    advantage is ``-kl_T - u_T``.
+    """
+    m = _fmask(mask, values_before)
+    u = (values_before.detach() - row_mean.detach()[:, None]) * torch.rsqrt(row_var.detach()[:, None] + 1e-8)
+    return gae(u * m, -kl_penalty.detach().to(u.dtype) * m, m, gamma, lam)[0]
 
 
 def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -116,9 +116,21 @@ class GlobalValueModel(FrozenScorer):
     def slot_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, starts: torch.Tensor,
                     lengths: torch.Tensor, normalized: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, T+1] values of already tokenised inputs: V(s_1), then Q at each response token."""
+        values, mask, _ = self.slots_and_row_moments(input_ids, attention_mask, starts, lengths)
+        return (self.normalize(values) * mask if normalized else values), mask
+
+    @torch.no_grad()
+    def slots_and_row_moments(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, starts: torch.Tensor,
+                              lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw slot values [B, T+1], their mask, and each row's (mean, unbiased variance) [B, 2] of the values at
+        all its positions, prompt included: the statistics the authors' code whitens values with."""
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
         values, mask = gather_values(logits, starts, lengths)
-        return (self.normalize(values) * mask if normalized else values), mask
+        real = attention_mask.to(logits.dtype)
+        count = real.sum(dim=1)
+        mean = (logits * real).sum(dim=1) / count
+        var = (((logits - mean[:, None]) ** 2) * real).sum(dim=1) / (count - 1).clamp(min=1)
+        return values, mask, torch.stack([mean, var], dim=1)
 
     def encode(self, prompt, response, tau: list[tuple] | None = None) -> tuple[list[int], int, int, str]:
         """Token ids of [tau; prompt; response], its value slots and what truncation cut; tau (a list of

@@ -2,7 +2,7 @@
 
 `--dvpo-advantage`: "value" is the paper's normalised token value; "difference" subtracts the previous
 slot's value; "gae" uses the GVM as a frozen critic (its last value is the reward, GAE over its values,
-whitened like PPO's), see `dvpo_critic_advantages`.
+whitened like PPO's), see `dvpo_critic_advantages`; "authors" is the authors' code (`dvpo_authors_advantages`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from dvpo.algos.advantages import dvpo_advantages
+from dvpo.algos.advantages import dvpo_advantages, dvpo_authors_advantages
 from dvpo.errors import ConfigError
 from dvpo.data.tau import conditioned_on, sample_tau_sets
 from dvpo.data.tokenize import TruncationStats, encode_prompt
@@ -33,7 +33,7 @@ class DvpoSource(FrozenSignalSource):
         self.gvm, self.advantage, self.normalization, self.weight = gvm, advantage, normalization, weight
         self.forward_rows = forward_rows
         self.gamma, self.lam, self.kl_in_reward = gamma, lam, kl_in_reward
-        self.whiten_default = advantage == "gae"
+        self.whiten_default = advantage in ("gae", "authors")
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -93,21 +93,24 @@ class DvpoSource(FrozenSignalSource):
         return (*self.gvm.padded(ids), torch.tensor(starts, device=device), torch.tensor(lengths, device=device))
 
     def slot_values(self, ids: torch.Tensor, attention: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor):
-        """The GVM's raw slot values [B, T+1] and their mask, `forward_rows` rows at a time: rows of similar
-        length together, each chunk cut to its own longest row (a [tau; x; y] batch pads a lot otherwise)."""
+        """The GVM's raw slot values [B, T+1], their mask and each row's moments over all its positions
+        (`slots_and_row_moments`), `forward_rows` rows at a time: rows of similar length together, each chunk
+        cut to its own longest row (a [tau; x; y] batch pads a lot otherwise)."""
         values = torch.zeros(ids.shape[0], int(lengths.max()), device=ids.device)
         slots = torch.zeros_like(values)
+        moments = torch.zeros(ids.shape[0], 2, device=ids.device)
         for index in length_sorted_chunks(attention.sum(dim=1), self.forward_rows):
             longest = int(attention[index].sum(dim=1).max())
-            part, part_slots = self.gvm.slot_values(ids[index, :longest], attention[index, :longest], starts[index],
-                                                    lengths[index], normalized=False)
+            part, part_slots, part_moments = self.gvm.slots_and_row_moments(
+                ids[index, :longest], attention[index, :longest], starts[index], lengths[index])
             values[index, : part.shape[1]] = part
             slots[index, : part.shape[1]] = part_slots
-        return values, slots
+            moments[index] = part_moments
+        return values, slots, moments
 
     @torch.no_grad()
     def advantages(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Advantages:
-        values, slots = self.slot_values(*self.gvm_inputs(rollout))
+        values, slots, moments = self.slot_values(*self.gvm_inputs(rollout))
         mask = rollout.seq.response_mask
         width = mask.shape[1]
         q = torch.zeros_like(mask)
@@ -125,8 +128,15 @@ class DvpoSource(FrozenSignalSource):
             mean, var, _ = rollout.stats.masked_moments(q, valued)
             std = var.sqrt()
         penalty = kl_coef * kl if self.kl_in_reward else torch.zeros_like(kl)
-        advantages = dvpo_advantages(self.advantage, q, v_first, valued, penalty, mean, std, self.weight,
-                                     self.gamma, self.lam)
+        if self.advantage == "authors":
+            before = torch.zeros_like(mask)  # the value of the state before each token: slots 0..T-1
+            before[:, : values.shape[1] - 1] = values[:, :-1].to(mask.device)
+            moments = moments.to(mask.device)
+            advantages = dvpo_authors_advantages(before * valued, valued, moments[:, 0], moments[:, 1], penalty,
+                                                 self.gamma, self.lam)
+        else:
+            advantages = dvpo_advantages(self.advantage, q, v_first, valued, penalty, mean, std, self.weight,
+                                         self.gamma, self.lam)
         batch_mean = lambda x, over: rollout.stats.masked_moments(x, over)[0].item()  # noqa: E731 (all processes)
         return Advantages(advantages, {"proxy_score": self.final_value(q, valued, rollout),
                                        "gvm_value_mean": batch_mean(self.gvm.normalize(q) * valued, valued),
