@@ -64,9 +64,12 @@ def test_a_small_comparison_writes_the_report_and_resumes(tmp_path):
     assert report["efficiency"]["dvpo"]["time_step"] > 0 and "best_eval_step" in report["efficiency"]["grpo"]
     assert report["gvm_accuracy"]["pairs"] > 0 and report["rm_accuracy"] is not None
     assert "Overrides" in report["settings"]
-    for name in ("report.md", "learning_curves.png", "logs/seed1-dvpo.yaml", "seed1/dvpo/dvpo_complete.json"):
+    for name in ("report.md", "learning_curves.png", "proxy_gold.png", "logs/seed1-dvpo.yaml",
+                 "seed1/dvpo/dvpo_complete.json"):
         assert (tmp_path / name).exists(), name
+    assert set(report["proxy_and_gold"]) == {"dvpo", "grpo"}
     assert "Quality (Table 1)" in (tmp_path / "report.md").read_text()
+    assert "Proxy against gold" in (tmp_path / "report.md").read_text()
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0 and "stage sft started" not in again.stderr  # finished runs are reused
 
@@ -83,3 +86,19 @@ def test_a_run_folder_is_reused_only_with_the_same_settings(tmp_path):
     with pytest.raises(ConfigError, match=r"other settings \(learning_rate, steps\)"):
         check_same_settings(tmp_path, RlConfig(algo="dvpo", policy="p", prompts="x.jsonl", out=str(tmp_path),
                                                steps=20, learning_rate=1e-3))
+
+
+def test_proxy_and_gold_rises_from_the_first_step_to_the_last(tmp_path):
+    from dvpo.eval.compare_report import plot_proxy_against_gold, proxy_and_gold
+
+    runs = {}
+    for seed, (proxy, gold) in enumerate([([0.1, 0.5, 0.9], [5.0, 5.1, 4.9]), ([0.0, 0.2, 0.5], [5.2, 5.2, 5.0])]):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "proxy_score": p, "score": g}) + "\n"
+                                                      for i, (p, g) in enumerate(zip(proxy, gold))))
+        runs.setdefault("dvpo", {})[seed] = folder
+    table = proxy_and_gold(runs)
+    assert table["dvpo"]["proxy_rise"] == pytest.approx((0.8 + 0.5) / 2)
+    assert table["dvpo"]["gold_rise"] == pytest.approx((-0.1 - 0.2) / 2)
+    assert plot_proxy_against_gold(runs, tmp_path / "p.png").exists()

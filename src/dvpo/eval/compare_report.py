@@ -131,6 +131,53 @@ def plot_curves(runs: dict[str, dict[int, Path]], out_png: Path) -> Path | None:
     return out_png if drawn else None
 
 
+def proxy_and_gold(runs: dict[str, dict[int, Path]]) -> dict[str, dict]:
+    """Per method, mean over seeds: how much its own scorer's score (`proxy_score`) and the judge's score of the
+    rollouts (`score`) rose from the first RL step to the last. A proxy that rises while the judge stays or
+    falls is a scorer being over-optimised (Gao et al. 2022)."""
+    table = {}
+    for method in (m for m in ONLINE if m in runs):
+        rises = {"proxy": [], "gold": []}
+        for path in runs[method].values():
+            records = [r for r in _records(path / "metrics.jsonl") if "proxy_score" in r and "score" in r]
+            if len(records) >= 2:
+                rises["proxy"].append(records[-1]["proxy_score"] - records[0]["proxy_score"])
+                rises["gold"].append(records[-1]["score"] - records[0]["score"])
+        if rises["proxy"]:
+            table[method] = {f"{key}_rise": statistics.fmean(values) for key, values in rises.items()}
+    return table
+
+
+def plot_proxy_against_gold(runs: dict[str, dict[int, Path]], out_png: Path) -> Path | None:
+    """Each method's proxy (its own scorer's score of its samples) and gold (the judge's) per RL step, as the
+    change from the first step, mean over seeds, in the manner of Gao et al. 2022."""
+    keys = (("proxy_score", "proxy: the run's own scorer (change from step 1)"),
+            ("score", "gold: the judge (change from step 1)"))
+    fig, axes = plt.subplots(1, len(keys), figsize=(11, 3.8))
+    drawn = False
+    for ax, (key, title) in zip(axes, keys):
+        for method in (m for m in ONLINE if m in runs):
+            curves = []
+            for path in runs[method].values():
+                records = [r for r in _records(path / "metrics.jsonl") if key in r]
+                if records:
+                    curves.append({r["step"]: r[key] - records[0][key] for r in records})
+            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if steps:
+                ax.plot(steps, [statistics.fmean(c[s] for c in curves) for s in steps], label=NAMES[method])
+                drawn = True
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xlabel("RL step")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    if drawn:
+        fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png if drawn else None
+
+
 def _mib(value: float | None) -> str:
     return f"{value / 2**20:.0f}" if value else "—"
 
@@ -164,6 +211,15 @@ def format_report(report: dict) -> str:
         lines.append(f"\nDPO is offline: {e['dpo'].get('optimizer_steps', 0):.0f} optimizer steps on rated pairs, "
                      "no sampling; its per-step time is not comparable and is left out.")
     lines += ["", "## Learning curves (Figure 3)", "", "![learning curves](learning_curves.png)", ""]
+    if report.get("proxy_and_gold"):
+        lines += ["## Proxy against gold (over-optimisation)", "",
+                  "Each run's own scorer (DVPO: the GVM's standardised final value; the others: the reward) against "
+                  "the judge, on the rollouts, from the first RL step to the last (mean over seeds). A proxy that "
+                  "rises while the judge does not is a scorer being over-optimised.", "",
+                  "| method | proxy rise | judge rise |", "| --- | --- | --- |",
+                  *[f"| {NAMES[m]} | {row['proxy_rise']:+.2f} | {row['gold_rise']:+.2f} |"
+                    for m, row in report["proxy_and_gold"].items()],
+                  "", "![proxy against gold](proxy_gold.png)", ""]
     if report.get("gvm_accuracy"):
         lines += ["## GVM (Appendix C)", "", format_table(report["gvm_accuracy"])]
     if report.get("rm_accuracy") is not None:
@@ -205,8 +261,10 @@ def write_report(root: Path, cfg, budget, seeds: list[int], scores: dict, runs: 
         "rm_accuracy": rm_accuracy, "scores": {m: {str(s): v for s, v in per.items()} for m, per in scores.items()},
         "seconds": seconds,
         "settings": settings,
+        "proxy_and_gold": proxy_and_gold(runs),
     }
     plot_curves({m: r for m, r in runs.items() if m in ONLINE}, root / "learning_curves.png")
+    plot_proxy_against_gold({m: r for m, r in runs.items() if m in ONLINE}, root / "proxy_gold.png")
     (root / "report.json").write_text(json.dumps(report, indent=2))
     text = format_report(report)
     (root / "report.md").write_text(text)
