@@ -210,8 +210,11 @@ def test_gradient_checkpointing_changes_memory_not_results(tiny_model, tiny_gvm,
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
 
 
-def test_a_lora_gvm_on_the_policy_base_shares_the_reference_backbone(tiny_model, lab_data, tmp_path, caplog):
-    """Sharing changes memory, not results: same run as with the GVM on its own copy of the base."""
+@pytest.mark.parametrize("policy_lora", ["0", "4"], ids=["full-policy", "lora-policy"])
+def test_a_lora_gvm_on_the_policy_base_shares_the_reference_backbone(policy_lora, tiny_model, lab_data, tmp_path,
+                                                                     caplog):
+    """Sharing changes memory, not results: same run as with the GVM on its own copy of the base. A LoRA
+    policy's decoder carries both adapters, each forward with its own active."""
     copy = tmp_path / "base-copy"
     shutil.copytree(tiny_model, copy)  # same weights, another path: no sharing
     for base, name in ((tiny_model, "shared"), (copy, "apart")):
@@ -219,18 +222,24 @@ def test_a_lora_gvm_on_the_policy_base_shares_the_reference_backbone(tiny_model,
               "--max-steps", "3", "--batch-size", "8", "--learning-rate", "1e-3", "--max-length", "96",
               "--lora-r", "4"])
     with caplog.at_level("INFO"):
-        main(_rl_args(tiny_model, tmp_path / "gvm-shared", lab_data, tmp_path / "shared", "--steps", "2"))
+        main(_rl_args(tiny_model, tmp_path / "gvm-shared", lab_data, tmp_path / "shared", "--steps", "2",
+                      "--lora-r", policy_lora))
     assert any("share one frozen backbone" in r.getMessage() for r in caplog.records)
     caplog.clear()
     with caplog.at_level("INFO"):
-        main(_rl_args(tiny_model, tmp_path / "gvm-apart", lab_data, tmp_path / "apart", "--steps", "2"))
+        main(_rl_args(tiny_model, tmp_path / "gvm-apart", lab_data, tmp_path / "apart", "--steps", "2",
+                      "--lora-r", policy_lora))
     assert not any("share one frozen backbone" in r.getMessage() for r in caplog.records)
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "shared").state_dict()
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "apart").state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
-    first = json.loads((tmp_path / "shared" / "metrics.jsonl").read_text().splitlines()[0])
-    assert first["kl"] == 0.0  # the reference is the base model itself, the GVM's adapter off
+    shared, apart = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+                     for run in ("shared", "apart"))
+    assert shared[0]["kl"] == 0.0  # the reference is the base model itself, every adapter off
+    for a, b in zip(shared, apart):  # the same values, so the same advantages
+        assert a["proxy_score"] == pytest.approx(b["proxy_score"], abs=1e-5)
+        assert a["kl"] == pytest.approx(b["kl"], abs=1e-6)
 
 
 def test_a_runaway_response_length_stops_the_run_with_exit_code_3(tiny_model, tiny_gvm, lab_data, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -29,11 +30,12 @@ class StageMeta:
 class FrozenScorer:
     """A loaded model in eval mode with gradients off, its tokenizer and its metadata."""
 
-    def __init__(self, model, tokenizer, meta, freeze: bool = True):
+    def __init__(self, model, tokenizer, meta, freeze: bool = True, scope=contextlib.nullcontext):
         # freeze=False: score a model that is still training (validation), leaving its gradients on
         self.model = model.eval().requires_grad_(False) if freeze else model
         self.tokenizer = tokenizer
         self.meta = meta
+        self.scope = scope  # entered around every forward (`active_adapter` when a decoder is shared)
 
     @property
     def device(self) -> torch.device:
@@ -49,6 +51,22 @@ class FrozenScorer:
         first, see `dvpo.models.tokenizer_match`)."""
         return (pad_sequences(rows, self.tokenizer.pad_token_id).to(self.device),
                 pad_sequences([[1] * len(row) for row in rows], 0).to(self.device))
+
+
+@contextlib.contextmanager
+def active_adapter(decoder, name: str, restore: str):
+    """Run the LoRA layers of `decoder` with adapter `name` alone (frozen), then `restore` (trainable again): a
+    LoRA policy's adapter and the GVM's share one decoder's layers, and each forward needs its own active."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [module for module in decoder.modules() if isinstance(module, BaseTunerLayer)]
+    for layer in layers:
+        layer.set_adapter(name, inference_mode=True)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.set_adapter(restore)
 
 
 class AdapterOff:

@@ -11,18 +11,20 @@ A saved GVM folder holds `model/` (full model or adapter, plus the tokenizer) an
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
 from dvpo.algos.masked import standardize
 from dvpo.data.tau import conditioned_on
 from dvpo.data.tokenize import TruncationStats, encode_example, ensure_pad_token
 from dvpo.errors import ModelError
-from dvpo.models.frozen import FrozenScorer, StageMeta
+from dvpo.models.frozen import FrozenScorer, StageMeta, active_adapter
 from dvpo.models.loading import (check_model_path, default_device, loading_errors, model_reference, resolve_dtype,
                                  resolve_model)
 
@@ -124,7 +126,8 @@ class GlobalValueModel(FrozenScorer):
                               lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw slot values [B, T+1], their mask, and each row's (mean, unbiased variance) [B, 2] of the values at
         all its positions, prompt included: the statistics the authors' code whitens values with."""
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
+        with self.scope():
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
         values, mask = gather_values(logits, starts, lengths)
         real = attention_mask.to(logits.dtype)
         count = real.sum(dim=1)
@@ -195,12 +198,14 @@ def shares_backbone(folder: str | Path, base: str) -> bool:
 
 
 def load_value_model(folder: str | Path, device: str | torch.device | None = None, dtype: str = "auto",
-                     backbone=None) -> GlobalValueModel:
+                     backbone=None, backbone_adapter: str | None = None) -> GlobalValueModel:
     """Load a GVM saved by `dvpo gvm` in one call, frozen and ready to score.
 
     With `backbone` — the decoder of a model loaded from the GVM's base (see `shares_backbone`) —
     a LoRA GVM runs on that decoder instead of a second copy: its adapter is injected there, and
-    the base model's own forward must then run with the adapter off (`disable_adapter()`).
+    the base model's own forward must then run with the adapter off (`disable_adapter()`). When the
+    decoder already carries a trained LoRA adapter (`backbone_adapter`, a LoRA policy's), the GVM's is
+    added beside it as "gvm": that adapter stays the active one, and the GVM's forwards switch to theirs.
     """
     folder = Path(folder)
     if not (folder / GVM_META).is_file():
@@ -217,7 +222,14 @@ def load_value_model(folder: str | Path, device: str | torch.device | None = Non
 
             base = build_value_model(meta.base_model, dtype) if backbone is None else \
                 value_model_around(backbone, meta.base_model)
-            model = PeftModel.from_pretrained(base, str(model_dir))
+            name = "gvm" if backbone_adapter else "default"
+            model = PeftModel.from_pretrained(base, str(model_dir), adapter_name=name)
         else:
             model = AutoModelForTokenClassification.from_pretrained(str(model_dir), dtype=resolve_dtype(dtype))
-    return GlobalValueModel(model.to(device or default_device()), tokenizer, meta)
+    if not backbone_adapter:
+        return GlobalValueModel(model.to(device or default_device()), tokenizer, meta)
+    gvm = GlobalValueModel(model.to(device or default_device()), tokenizer, meta,
+                           scope=functools.partial(active_adapter, backbone, "gvm", backbone_adapter))
+    for layer in (m for m in backbone.modules() if isinstance(m, BaseTunerLayer)):
+        layer.set_adapter(backbone_adapter)  # active and trainable again: loading and freezing the GVM took both
+    return gvm

@@ -44,16 +44,22 @@ class DvpoSource(FrozenSignalSource):
     @classmethod
     def build(cls, cfg, device, policy, reference, tokenizer):
         """A LoRA GVM trained on the policy's own base runs on the reference's decoder (one frozen backbone
-        for both); the reference then runs with the GVM's adapter switched off."""
+        for both); the reference then runs with the GVM's adapter switched off. With a LoRA policy, whose
+        reference is the policy with its adapter off, that decoder is the policy's: it carries both adapters,
+        and the reference switches both off."""
         from dvpo.models.frozen import AdapterOff
         from dvpo.models.value_model import load_value_model, shares_backbone
 
-        share = shares_backbone(cfg.gvm, cfg.policy) and not cfg.fsdp and not isinstance(reference, AdapterOff)
-        gvm = load_value_model(cfg.gvm, device=device, dtype=cfg.dtype,
-                               backbone=reference.base_model if share else None)
+        lora_policy = isinstance(reference, AdapterOff)
+        share = shares_backbone(cfg.gvm, cfg.policy) and not cfg.fsdp
+        backbone = (policy.get_base_model().base_model if lora_policy else reference.base_model) if share else None
+        gvm = load_value_model(cfg.gvm, device=device, dtype=cfg.dtype, backbone=backbone,
+                               backbone_adapter="default" if share and lora_policy else None)
         if share:
-            logger.info("the GVM (a LoRA adapter on %s) and the reference share one frozen backbone", cfg.policy)
-            reference = AdapterOff(reference, adapters=gvm.model)
+            logger.info("the GVM (a LoRA adapter on %s) and the reference share one frozen backbone%s", cfg.policy,
+                        ", the LoRA policy's" if lora_policy else "")
+            if not lora_policy:
+                reference = AdapterOff(reference, adapters=gvm.model)
         warn_if_near_chance(gvm.meta, cfg.gvm)
         weight = (signal_weight(gvm.meta, cfg.gvm, "--dvpo-normalization")
                   if cfg.dvpo_normalization == "reliability" else 1.0)
