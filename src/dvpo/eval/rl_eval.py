@@ -30,8 +30,9 @@ class PromptScorer:
 
     @torch.no_grad()
     def evaluate(self, policy, tokenizer, cfg, device, stats: BatchStats | None = None, noise_seed: int = 0,
-                 batch_size: int = 64) -> dict:
-        """Held-out prompts sampled at the training temperature; the score function's mean.
+                 batch_size: int = 64, proxy=None) -> dict:
+        """Held-out prompts sampled at the training temperature; the score function's mean (`eval_score`) and,
+        with `proxy` (the advantage source's own scorer, `proxy(prompts, texts)`), its mean (`eval_proxy_score`).
 
         With several processes each samples its share of every batch, with the batch's shared noise,
         so the score does not depend on the number of processes.
@@ -42,7 +43,7 @@ class PromptScorer:
         rank, world = (stats.accelerator.process_index, stats.accelerator.num_processes) if stats.accelerator \
             else (0, 1)
         policy.eval()
-        total = 0.0
+        total = proxy_total = 0.0
         count = 0
         for start in range(0, len(self.eval_prompts), batch_size):
             chunk = self.eval_prompts[start:start + batch_size]
@@ -56,6 +57,8 @@ class PromptScorer:
             texts = [t.strip() for t in tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)]
             if mine:
                 total += float(self.fn(mine, texts[:len(mine)], [{} for _ in mine]).sum())
+                proxy_total += float(proxy(mine, texts[:len(mine)]).sum()) if proxy else 0.0
             count += len(mine)
-        total, count = stats.sum(torch.tensor([total, float(count)]))
-        return {"eval_score": float(total / count)}
+        total, proxy_total, count = stats.sum(torch.tensor([total, proxy_total, float(count)]))
+        return {"eval_score": float(total / count), **({"eval_proxy_score": float(proxy_total / count)} if proxy
+                                                       else {})}

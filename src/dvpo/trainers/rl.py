@@ -224,7 +224,7 @@ def train(run: RlRun) -> None:
         if loop.scorer.eval_prompts and due:
             record.update(loop.scorer.evaluate(accelerator.unwrap_model(run.policy), run.tokenizer, cfg,
                                                accelerator.device, loop.stats,
-                                               noise_seed=step_seed(cfg.seed, step, 2)))
+                                               noise_seed=step_seed(cfg.seed, step, 2), proxy=loop.source.proxy))
         runaway = None
         try:
             guard.check(record, str(run.checkpointer.root))

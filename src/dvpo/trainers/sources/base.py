@@ -22,7 +22,9 @@ class AdvantageSource(Protocol):
     - `whiten_default`: whether `--whiten-advantages auto` whitens its advantages over the batch;
     - `trainable`: the models the loop trains beside the policy, with one optimizer (PPO's critic);
     - `check(cfg)`: cross-field checks, run before any file is written;
-    - `build(...)`: the source for a run, and the reference as the loop must call it.
+    - `build(...)`: the source for a run, and the reference as the loop must call it;
+    - `proxy(prompts, texts)`: its own scorer's score of each text ([N], what `proxy_score` averages on
+      rollouts), for samples drawn outside the rollout (evaluation).
     """
 
     kl_in_loss: ClassVar[bool]
@@ -39,6 +41,8 @@ class AdvantageSource(Protocol):
     def build(cls, cfg, device, policy, reference, tokenizer) -> tuple["AdvantageSource", object]: ...
 
     def advantages(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Advantages: ...
+
+    def proxy(self, prompts: list, texts: list[str]) -> torch.Tensor: ...
 
     def value_loss(self, minibatch: Experience) -> tuple[torch.Tensor | None, dict]: ...
 
@@ -84,6 +88,10 @@ class RewardSource(FrozenSignalSource):
     """A source whose signal is a sequence-level reward: a reward model's score and/or reward functions."""
 
     uses = ("reward_model", "reward_fn")
+
+    def proxy(self, prompts: list, texts: list[str]) -> torch.Tensor:
+        """The sequence reward of each text, re-encoded from text (`SequenceScorer`)."""
+        return self.scorer(None, prompts, texts, [{} for _ in texts])
 
     @classmethod
     def check(cls, cfg) -> None:

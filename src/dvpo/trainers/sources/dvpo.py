@@ -148,6 +148,15 @@ class DvpoSource(FrozenSignalSource):
                                        "gvm_value_mean": batch_mean(self.gvm.normalize(q) * valued, valued),
                                        "advantage_mean": batch_mean(advantages, valued)}, mask=valued)
 
+    def proxy(self, prompts: list, texts: list[str]) -> torch.Tensor:
+        """The GVM's standardised value of each text's last token (tau drawn among the other texts, as on
+        rollouts): `proxy_score` for samples drawn outside the rollout."""
+        picks = (sample_tau_sets(prompts, [None] * len(prompts), 0, self.gvm.meta.tau_pairs) if self.gvm.meta.tau
+                 else [[] for _ in prompts])
+        values = self.gvm.score(list(prompts), list(texts), taus=[[(prompts[j], texts[j]) for j in pick]
+                                                                  for pick in picks])
+        return torch.tensor([float(v[-1]) if len(v) else 0.0 for v in values])
+
     def final_value(self, q: torch.Tensor, valued: torch.Tensor, rollout: Rollout) -> float:
         """The run's proxy score: the batch mean of the GVM's value of each sample's last valued token,
         standardised by its stored statistics (no reliability weight): what DVPO pushes up, to set beside a
