@@ -102,6 +102,22 @@ def ordering(table: dict) -> list[str]:
     return lines
 
 
+def _style_step_axis(ax, title: str) -> None:
+    ax.set_xlabel("RL step")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
+def _save(fig, out_png: Path, drawn: bool) -> Path | None:
+    """The figure as `out_png` when anything was drawn (None otherwise); closed either way."""
+    fig.tight_layout()
+    if drawn:
+        fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png if drawn else None
+
+
 def plot_curves(runs: dict[str, dict[int, Path]], out_png: Path) -> Path | None:
     """Figure 3-style: held-out and training-batch judge score per RL step, mean over seeds with min-max band."""
     keys = (("eval_score", "held-out judge score"), ("score", "judge score of the rollout batch"))
@@ -120,15 +136,8 @@ def plot_curves(runs: dict[str, dict[int, Path]], out_png: Path) -> Path | None:
             ax.fill_between(steps, [min(v) for v in per_step], [max(v) for v in per_step], alpha=0.15,
                             color=line.get_color())
             drawn = True
-        ax.set_xlabel("RL step")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    if drawn:
-        fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png if drawn else None
+        _style_step_axis(ax, title)
+    return _save(fig, out_png, drawn)
 
 
 def proxy_and_gold(runs: dict[str, dict[int, Path]]) -> dict[str, dict]:
@@ -167,15 +176,8 @@ def plot_proxy_against_gold(runs: dict[str, dict[int, Path]], out_png: Path) -> 
                 ax.plot(steps, [statistics.fmean(c[s] for c in curves) for s in steps], label=NAMES[method])
                 drawn = True
         ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set_xlabel("RL step")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    if drawn:
-        fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png if drawn else None
+        _style_step_axis(ax, title)
+    return _save(fig, out_png, drawn)
 
 
 def _mib(value: float | None) -> str:
