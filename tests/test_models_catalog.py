@@ -155,3 +155,31 @@ def test_ppo_critic_follows_the_policy_lora_unless_told(critic_lora, tiny_model,
         assert critic.base_model.model.score.modules_to_save  # the value head is trained in full
     else:
         assert not isinstance(critic, PeftModel) and trained == total
+
+
+@pytest.mark.parametrize("lora_r", ["0", "4"])
+def test_ppo_critic_starts_from_the_reward_model_with_its_head(lora_r, tiny_model, lab_data, tmp_path):
+    """The critic's value of a whole row is the reward model's score of it, a LoRA reward model merged in."""
+    import torch
+
+    from dvpo.models.reward_model import load_reward_model
+    from dvpo.options import build_parser, resolve
+    from dvpo.stage_options import RlConfig
+    from dvpo.trainers.sources.ppo import build_critic
+    import argparse
+
+    rm = tmp_path / "rm"
+    main(["rm", "--model", str(tiny_model), "--data", str(lab_data["rated"]), "--out", str(rm), "--max-steps", "3",
+          "--batch-size", "4", "--learning-rate", "1e-2", "--max-length", "64", "--lora-r", lora_r])
+    parser = argparse.ArgumentParser()
+    build_parser(parser, RlConfig)
+    cfg = resolve(RlConfig, parser.parse_args(_rl(tiny_model, lab_data, tmp_path / "run", "--algo", "ppo",
+                                                  "--reward-model", str(rm))[1:]))
+    reward = load_reward_model(rm, device="cpu")
+    critic = build_critic(cfg, reward.tokenizer).eval()
+    rows = [reward.tokenizer("a b c").input_ids, reward.tokenizer("one two").input_ids]
+    with torch.no_grad():
+        values = [critic(input_ids=torch.tensor([row])).logits[0, -1, 0] for row in rows]
+    expected = reward.score_rows(rows)
+    assert expected.abs().min() > 0  # the head is not zero
+    torch.testing.assert_close(torch.stack(values), expected, rtol=1e-4, atol=1e-5)

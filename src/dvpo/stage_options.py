@@ -248,7 +248,9 @@ class RlConfig:
                                   "**other prompt-file fields) -> list of floats; summed with the reward model's "
                                   "score when both are given")
     reward_weights: list[float] = option([], help="one weight per --reward-fn (default: 1 each)")
-    critic_init: str | None = option(None, help="ppo: critic initialisation (default: the reward model's backbone)")
+    critic_init: str | None = option(None, help="ppo: critic initialisation (default: the reward model, backbone and "
+                                      "head, a LoRA reward model's adapter merged in; the policy when the reward model "
+                                      "has another tokenizer or there is none)")
     critic_lora_r: int | None = option(None, help="ppo: LoRA rank of the critic (default: --lora-r, so a LoRA policy "
                                        "gets a LoRA critic, as in OpenRLHF; 0 trains all its weights); alpha is "
                                        "--lora-alpha, the value head is trained in full")

@@ -44,17 +44,17 @@ def build_value_model(path: str, dtype: str = "auto", fsdp: bool = False):
         config.classifier_dropout = 0.0  # dropout before a regression head only adds noise to the targets
         model, info = AutoModelForTokenClassification.from_pretrained(
             path, config=config, dtype=resolve_dtype(dtype), output_loading_info=True, **fsdp_loading(fsdp))
-    if any(key.startswith("score.") for key in info["missing_keys"]):
-        zero_head(model)
+    zero_head(model, [key for key in info["missing_keys"] if key.startswith("score.")])
     return model
 
 
-def zero_head(model) -> None:
-    """Start a fresh value head at exactly zero: every value is 0 until training gives it signal, so no
-    TD target is ever built from the random spread of an untrained head."""
+def zero_head(model, missing: list[str]) -> None:
+    """Start the head's parameters that the folder lacks at exactly zero: every value is 0 until training gives
+    it signal, so no TD target is ever built from the random spread of an untrained head. A reward model's
+    folder holds the head's weight but no bias (its head has none): the weight is kept, the bias starts at 0."""
     with torch.no_grad():
-        for parameter in model.score.parameters():
-            if not parameter.is_meta:
+        for name, parameter in model.score.named_parameters():
+            if f"score.{name}" in missing and not parameter.is_meta:
                 parameter.zero_()
 
 

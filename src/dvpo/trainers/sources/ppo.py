@@ -12,6 +12,7 @@ import torch
 
 from dvpo.algos.ppo import clipped_value_loss, gae, per_token_rewards
 from dvpo.errors import ConfigError
+from dvpo.models.reward_model import MODEL_SUBDIR, RM_META, RmMeta, load_reward_model
 from dvpo.models.tokenizer_match import same_vocabulary, saved_tokenizer
 from dvpo.rollout.experience import Advantages, Experience, Rollout, critic_values, unpadded_rows
 from dvpo.trainers.sources.base import RewardSource
@@ -33,10 +34,7 @@ class PpoSource(RewardSource):
 
     @classmethod
     def build(cls, cfg, device, policy, reference, tokenizer):
-        from dvpo.models.value_model import build_value_model
-
-        init = cfg.critic_init or default_critic_init(cfg, tokenizer)
-        critic = build_value_model(init, cfg.dtype, fsdp=cfg.fsdp).to(device)
+        critic = build_critic(cfg, tokenizer).to(device)
         rank = critic_lora_rank(cfg)
         if rank > 0:
             from dvpo.trainers.common import with_lora
@@ -81,14 +79,47 @@ def critic_lora_rank(cfg) -> int:
     return cfg.lora_r if cfg.critic_lora_r is None else cfg.critic_lora_r
 
 
-def default_critic_init(cfg, policy_tokenizer) -> str:
-    """The reward model's own weights when it was fully fine-tuned (N+ details) on the policy's tokenizer, else
-    the policy: a critic values the policy's tokens."""
-    full_rm = Path(cfg.reward_model) / "model" / "config.json" if cfg.reward_model else None
-    if full_rm is None or not full_rm.is_file():
-        return cfg.policy
+def build_critic(cfg, policy_tokenizer):
+    """PPO's critic: `--critic-init`, else the reward model, backbone and head (N+ details; TRL and OpenRLHF do
+    the same), so that its first values are already the reward model's scores of each prefix. A LoRA reward
+    model's adapter is merged into its base. The policy, with a zero head, when there is no usable reward model."""
+    from dvpo.models.value_model import build_value_model
+
+    if cfg.critic_init:
+        return build_value_model(cfg.critic_init, cfg.dtype, fsdp=cfg.fsdp)
+    if not reward_model_fits(cfg, policy_tokenizer):
+        return build_value_model(cfg.policy, cfg.dtype, fsdp=cfg.fsdp)
+    if not RmMeta.load(Path(cfg.reward_model)).lora:
+        return build_value_model(str(Path(cfg.reward_model) / MODEL_SUBDIR), cfg.dtype, fsdp=cfg.fsdp)
+    if cfg.fsdp:
+        logger.info("the critic starts from the policy %s: --fsdp shards it as it loads, before a LoRA reward "
+                    "model's adapter could be merged in", cfg.policy)
+        return build_value_model(cfg.policy, cfg.dtype, fsdp=True)
+    return critic_from_lora_reward_model(cfg.reward_model, cfg.dtype)
+
+
+def reward_model_fits(cfg, policy_tokenizer) -> bool:
+    """Whether the critic can start from the reward model: one trained by `dvpo rm` on the policy's tokenizer
+    (a critic values the policy's tokens)."""
+    if not cfg.reward_model or not (Path(cfg.reward_model) / RM_META).is_file():
+        return False
     rm_tokenizer = saved_tokenizer(cfg.reward_model)
     if rm_tokenizer is not None and not same_vocabulary(rm_tokenizer, policy_tokenizer):
         logger.info("the critic starts from the policy %s: the reward model's tokenizer differs from it", cfg.policy)
-        return cfg.policy
-    return str(full_rm.parent)
+        return False
+    return True
+
+
+def critic_from_lora_reward_model(folder: str, dtype: str):
+    """A token-value model holding a LoRA reward model's merged weights: the same backbone and `score` head
+    (a sequence classifier's head has no bias; the value head's starts at 0)."""
+    from dvpo.models.value_model import build_value_model
+
+    reward = load_reward_model(folder, device="cpu", dtype=dtype)
+    critic = build_value_model(reward.meta.base_model, dtype)
+    missing, unexpected = critic.load_state_dict(reward.model.merge_and_unload().state_dict(), strict=False)
+    if unexpected or set(missing) - {"score.bias"}:
+        raise ConfigError(f"the reward model {folder} does not fit a value model of its base "
+                          f"{reward.meta.base_model}: missing {missing}, unexpected {unexpected}")
+    logger.info("the critic starts from the reward model %s (its LoRA adapter merged in)", folder)
+    return critic
