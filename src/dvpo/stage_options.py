@@ -81,7 +81,8 @@ class OfflineTrainingOptions:
     logging_steps: int = option(10, help="log every N steps")
     save_steps: int = option(200, help="checkpoint every N steps")
     save_total_limit: int = option(2, help="checkpoints kept")
-    report_to: str = option("none", help="also log to: none, tensorboard or wandb")
+    report_to: str = option("none", help="also log to: none, tensorboard, wandb, trackio or mlflow, or "
+                            "several joined by commas (pip install 'dvpo[trackers]')")
     seed: int = option(0, help="seed")
     overwrite: bool = option(False, help="start afresh even if --out holds a run")
 
@@ -318,7 +319,8 @@ class RlConfig:
     fsdp: bool = option(False, help="shard the policy, the reference (and PPO's critic) over the processes (FSDP2, "
                         "torch's fully_shard, applied as transformers loads them); launch with "
                         "configs/accelerate/ddp.yaml")
-    report_to: str = option("none", help="also log to: none, tensorboard or wandb")
+    report_to: str = option("none", help="also log to: none, tensorboard, wandb, trackio or mlflow, or "
+                            "several joined by commas (pip install 'dvpo[trackers]')")
     seed: int = option(0, help="seed")
     overwrite: bool = option(False, help="start afresh even if --out holds a run")
 

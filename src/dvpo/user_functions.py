@@ -1,5 +1,6 @@
-"""Python functions a user names on the command line ("path/to/file.py:name" or "module:name") to score
-completions: reward functions (`--reward-fn`, a training signal) and monitoring scores (`--score-fn`).
+"""Python functions a user names on the command line ("path/to/file.py:name" or "module:name"), or passes to a
+Python trainer, to score completions: reward functions (`--reward-fn`, a training signal) and monitoring scores
+(`--score-fn`).
 They follow TRL's `reward_funcs` convention, so a function written for TRL works here unchanged."""
 
 from __future__ import annotations
@@ -52,10 +53,32 @@ class RewardFunction:
         return torch.tensor(values, dtype=torch.float32)
 
 
+PASSED_PREFIX = "python:"
+_PASSED: dict[str, object] = {}
+"""Functions handed to a Python trainer (`dvpo.GRPOTrainer(reward_funcs=[fn])`), under the spec that stands
+for them in the run's config: "python:<name>#<number>". They live in this process only."""
+
+
+def register_function(fn) -> str:
+    """The spec under which `load_function` finds a callable passed in from Python (same function, same spec)."""
+    if isinstance(fn, str):
+        return fn
+    if not callable(fn):
+        raise ConfigError(f"expected a function, got {type(fn).__name__}: {fn!r}")
+    spec = f"{PASSED_PREFIX}{getattr(fn, '__name__', type(fn).__name__)}#{id(fn)}"
+    _PASSED[spec] = fn
+    return spec
+
+
 @functools.cache
 def load_function(spec: str, option: str = "--reward-fn"):
     """The callable named by "path/to/file.py:name" or "module:name"; ConfigError saying what is wrong.
     Cached: the run's checks and its sources ask for the same function, and a user's file runs once."""
+    if spec.startswith(PASSED_PREFIX):
+        if spec not in _PASSED:
+            raise ConfigError(f"{option} {spec!r} was a function passed to a Python trainer in another process; "
+                              "pass it to the trainer again, or name it as path/to/file.py:name")
+        return checked_signature(_PASSED[spec], spec, option)
     where, _, name = spec.rpartition(":")
     if not where or not name:
         raise ConfigError(f"{option} {spec!r}: expected path/to/file.py:name or module:name")
@@ -80,6 +103,11 @@ def load_function(spec: str, option: str = "--reward-fn"):
     fn = getattr(module, name, None)
     if not callable(fn):
         raise ConfigError(f"{option} {spec!r}: {where} has no function {name!r}")
+    return checked_signature(fn, spec, option)
+
+
+def checked_signature(fn, spec: str, option: str):
+    """`fn` itself, once it is known to take TRL's reward_funcs arguments."""
     parameters = inspect.signature(fn).parameters
     takes_keywords = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     missing = [arg for arg in ("prompts", "completions") if arg not in parameters and not takes_keywords]

@@ -14,6 +14,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 from dvpo.distributed import parameters_held, trainer_device_arguments
 from dvpo.trainers.run_dir import CHECKPOINTS
+from dvpo.trainers.trackers import report_targets
 
 
 def training_arguments(cfg, folder: Path, scheduler: str, **overrides) -> TrainingArguments:
@@ -34,7 +35,7 @@ def training_arguments(cfg, folder: Path, scheduler: str, **overrides) -> Traini
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
-        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        report_to=report_targets(cfg.report_to),
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=bf16,

@@ -49,7 +49,8 @@ def report_dropped_pairs(cfg: DpoConfig, built: int, kept: int) -> None:
     logger.warning("%s; TRL drops them and trains on the other %d", message, kept)
 
 
-def run_dpo(cfg: DpoConfig) -> Path:
+def run_dpo(cfg: DpoConfig, callbacks=()) -> Path:
+    """The whole stage; `callbacks` are transformers `TrainerCallback`s, added to the stage's own."""
     folder, resume_from = start_run(cfg)
     tokenizer = ensure_pad_token(load_tokenizer(cfg.model))
     dataset = preference_dataset(cfg.data, cfg.split, cfg.pairs)
@@ -58,7 +59,7 @@ def run_dpo(cfg: DpoConfig) -> Path:
     trainer = DPOTrainer(model=maybe_lora(load_causal_lm(cfg.model, cfg.dtype), cfg, task_type="CAUSAL_LM"),
                          args=args, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[StopOnSignal(), MetricsFileCallback(folder, plot_keys=("loss", "rewards/accuracies",
-                                                                           "rewards/margins"))])
+                                                                           "rewards/margins")), *callbacks])
     kept = len(trainer.train_dataset)
     if kept < len(dataset):
         report_dropped_pairs(cfg, len(dataset), kept)

@@ -122,7 +122,8 @@ def normalized_scores(cfg: GvmConfig, rows: list[dict]) -> tuple[list[float], fl
     return normalize_scores(raw, mean, std).tolist(), mean, std
 
 
-def run_gvm(cfg: GvmConfig) -> Path:
+def run_gvm(cfg: GvmConfig, callbacks=()) -> Path:
+    """The whole stage; `callbacks` are transformers `TrainerCallback`s, added to the stage's own."""
     folder, resume_from = start_run(cfg)
     tokenizer = load_tokenizer(cfg.model)
     ensure_pad_token(tokenizer)
@@ -152,7 +153,7 @@ def run_gvm(cfg: GvmConfig) -> Path:
         eval_dataset=validation or None,
         data_collator=recorder,
         callbacks=[StopOnSignal(), MetricsFileCallback(folder, plot_keys=("loss", "eval_accuracy", "learning_rate",
-                                                                         "grad_norm")), recorder],
+                                                                         "grad_norm")), recorder, *callbacks],
         gamma=cfg.gamma, td_lambda=cfg.td_lambda, normalization=cfg.value_normalization, validation=validation,
         meta=meta, tokenizer=tokenizer, seed=cfg.seed,
     )

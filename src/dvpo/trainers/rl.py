@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,11 +40,13 @@ from dvpo.rollout.experience import Experience, ExperienceMaker, Rollout, build_
 from dvpo.rollout.sampling import SharedNoise, sample
 from dvpo.stage_options import RlConfig
 from dvpo.trainers.common import write_process_record
+from dvpo.trainers.events import RlEvents
 from dvpo.trainers.interrupts import STOP
 from dvpo.trainers.metrics import peak_memory_bytes
 from dvpo.trainers.rl_state import RlCheckpointer
 from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
 from dvpo.trainers.runaway import RunawayGuard
+from dvpo.trainers.trackers import report_targets, tracker_config
 from dvpo.trainers.sources import source_class
 from dvpo.user_functions import load_function
 
@@ -168,16 +170,20 @@ class RlRun:
         return self.folder / "metrics.jsonl"
 
 
-def run_rl(cfg: RlConfig) -> Path:
+def run_rl(cfg: RlConfig, callbacks=()) -> Path:
+    """The whole stage; `callbacks` are transformers `TrainerCallback`s (see `dvpo.trainers.events`)."""
     run = set_up(cfg)
-    train(run)
-    return save(run)
+    events = RlEvents(callbacks, cfg, run.start_step, run.policy, run.tokenizer)
+    train(run, events)
+    folder = save(run)
+    events.train_end()
+    return folder
 
 
 def set_up(cfg: RlConfig) -> RlRun:
     """Every check before any file is written; then the folder, the models, the source, the optimizers and the
     last checkpoint's state."""
-    trackers = None if cfg.report_to == "none" else [cfg.report_to]
+    trackers = report_targets(cfg.report_to) or None
     accelerator = make_accelerator(log_with=trackers, project_dir=str(cfg.out))
     check_config(cfg, accelerator.num_processes)
     folder, _ = start_run(cfg)  # the loop restores its own checkpoints
@@ -187,7 +193,7 @@ def set_up(cfg: RlConfig) -> RlRun:
         ds_config["gradient_accumulation_steps"] = 1
         ds_config["gradient_clipping"] = 1.0
     if trackers:
-        accelerator.init_trackers("dvpo-rl", config=asdict(cfg))
+        accelerator.init_trackers("dvpo-rl", config=tracker_config(cfg))
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.policy)
     ensure_pad_token(tokenizer)
@@ -207,10 +213,13 @@ def set_up(cfg: RlConfig) -> RlRun:
     return RlRun(cfg, accelerator, folder, tokenizer, policy, controller, checkpointer, loop, start_step, trackers)
 
 
-def train(run: RlRun) -> None:
+def train(run: RlRun, events: RlEvents | None = None) -> dict:
     """The steps from the last checkpoint on: log each, evaluate, guard against a runaway policy, checkpoint, and
-    stop cleanly on a signal."""
+    stop cleanly on a signal. Returns the last step's metrics."""
     cfg, accelerator, loop = run.cfg, run.accelerator, run.loop
+    events = events or RlEvents((), cfg, run.start_step, run.policy, run.tokenizer)
+    events.train_begin()
+    record = {}
     main_process = accelerator.is_main_process
     if main_process:
         truncate_metrics(run.metrics_path, run.start_step)
@@ -237,6 +246,7 @@ def train(run: RlRun) -> None:
             raise runaway
         if run.trackers:
             accelerator.log(record, step=step + 1)
+        events.step_end(step + 1, record)
         progress.set_postfix({k: round(record[k], 3) for k in ("score", "kl", "eval_score") if k in record})
         if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
             raise FloatingPointError(f"non-finite metric at step {step + 1}: {record}; "
@@ -244,11 +254,14 @@ def train(run: RlRun) -> None:
         last, periodic = step + 1 == cfg.steps, (step + 1) % cfg.save_every == 0
         if periodic and not last:
             run.checkpointer.save(step + 1, run.controller)
+            events.save()
         signum = None if last else STOP.requested()
         if signum:
             if not periodic:
                 run.checkpointer.save(step + 1, run.controller)
+                events.save()
             raise RunInterrupted(signum, step + 1, run.checkpointer.root)
+    return record
 
 
 def save(run: RlRun) -> Path:

@@ -101,7 +101,8 @@ def load_pairs(source: str, split: str, mode: str, validation_fraction: float = 
     return rows, pairs, validation
 
 
-def run_rm(cfg: RmConfig) -> Path:
+def run_rm(cfg: RmConfig, callbacks=()) -> Path:
+    """The whole stage; `callbacks` are transformers `TrainerCallback`s, added to the stage's own."""
     folder, resume_from = start_run(cfg)
     tokenizer = ensure_pad_token(load_tokenizer(cfg.model))
     rows, pairs, validation = load_pairs(cfg.data, cfg.split, cfg.pairs, cfg.validation_fraction, cfg.seed)
@@ -117,7 +118,7 @@ def run_rm(cfg: RmConfig) -> Path:
         eval_dataset=validation or None,
         data_collator=recorder,
         callbacks=[StopOnSignal(), MetricsFileCallback(folder, plot_keys=("loss", "eval_accuracy", "learning_rate",
-                                                                         "grad_norm")), recorder],
+                                                                         "grad_norm")), recorder, *callbacks],
         validation=validation, meta=meta, tokenizer=tokenizer,
     )
     result = trainer.train(resume_from_checkpoint=resume_from)

@@ -44,7 +44,9 @@ def start_run(cfg) -> tuple[Path, str | None]:
     before the others look at it. Seeds every generator with the run's seed.
     """
     from dvpo.distributed import process_state
+    from dvpo.trainers.trackers import report_targets
 
+    report_targets(getattr(cfg, "report_to", "none"))  # a missing tracker package stops the run before any file
     if is_complete(cfg.out) and not cfg.overwrite:  # every process stops alike, before any waits
         raise RunComplete(Path(cfg.out))
     state = process_state()

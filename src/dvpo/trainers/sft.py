@@ -25,7 +25,8 @@ from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
 logger = logging.getLogger(__name__)
 
 
-def run_sft(cfg: SftConfig) -> Path:
+def run_sft(cfg: SftConfig, callbacks=()) -> Path:
+    """The whole stage; `callbacks` are transformers `TrainerCallback`s, added to the stage's own."""
     folder, resume_from = start_run(cfg)
     tokenizer = load_tokenizer(cfg.model)
     ensure_pad_token(tokenizer)
@@ -41,7 +42,7 @@ def run_sft(cfg: SftConfig) -> Path:
         train_dataset=dataset,
         data_collator=recorder,
         callbacks=[StopOnSignal(), MetricsFileCallback(folder, plot_keys=("loss", "learning_rate", "grad_norm")),
-                   recorder],
+                   recorder, *callbacks],
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
     raise_if_stopped(trainer.state, folder / CHECKPOINTS)
