@@ -144,3 +144,20 @@ def test_trainers_refuse_what_they_cannot_use(tiny_model, lab_data, tmp_path):
         dvpo.DVPOTrainer(model=str(tiny_model), value_model="g", args=dvpo.PPOConfig(), train_dataset=prompts)
     with pytest.raises(ConfigError, match="ref_model must be None"):
         dvpo.DVPOTrainer(model=str(tiny_model), value_model="g", ref_model=str(tiny_model), train_dataset=prompts)
+
+
+@pytest.mark.slow
+def test_the_api_example_runs_as_written(tmp_path):
+    """examples/api_gvm_dvpo.py --quick: both paths of docs/api.md (rated data; a reward function only)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "examples" / "api_gvm_dvpo.py"
+    done = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for line in ("GVM held-out pairwise accuracy", "DVPO (rated data): judge", "DVPO (reward function): judge",
+                 "GRPO (reward function): judge"):
+        assert line in done.stdout
+    assert all((tmp_path / run / "dvpo_complete.json").is_file() for run in ("sft", "gvm", "dvpo", "gvm_fn", "grpo"))

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 API = ("SFTConfig", "SFTTrainer", "GVMConfig", "GVMTrainer", "RewardConfig", "RewardTrainer", "DPOConfig",
        "DPOTrainer", "DVPOConfig", "DVPOTrainer", "PPOConfig", "PPOTrainer", "ReMaxConfig", "ReMaxTrainer",
-       "GRPOConfig", "GRPOTrainer", "RLOOConfig", "RLOOTrainer")
+       "GRPOConfig", "GRPOTrainer", "RLOOConfig", "RLOOTrainer", "rate_responses")
 __all__ = [*API, "load_value_model"]
 
 
