@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from datasets import Dataset
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -85,6 +86,11 @@ def test_a_gvm_then_dvpo_from_python_on_a_dataset_in_memory_gives_the_cli_weight
     metrics = policy.train()
     assert metrics["stage"] == "rl" and metrics["algo"] == "dvpo" and "kl" in metrics and "gvm_value_mean" in metrics
     assert policy.save_model() == tmp_path / "py-dvpo"
+    for name, stage in (("py-gvm", "gvm"), ("py-dvpo", "rl")):  # each folder's model card, as the Hub reads it
+        card = ModelCard.load(tmp_path / name / "README.md")
+        assert card.data.base_model == str(tiny_model) and {"dvpo", stage} <= set(card.data.tags)
+        assert "trained from scratch on dvpo's synthetic lab" in card.text and "arXiv:2502.16944" in card.text
+    assert f'"final_kl": {metrics["kl"]}' in (tmp_path / "py-dvpo" / "README.md").read_text()
 
     main(["gvm", "--model", str(tiny_model), "--data", str(lab_data["rated"]), "--out", str(tmp_path / "cli-gvm"),
           *cli_args(GVM_SETTINGS)])

@@ -174,8 +174,8 @@ def run_rl(cfg: RlConfig, callbacks=()) -> Path:
     """The whole stage; `callbacks` are transformers `TrainerCallback`s (see `dvpo.trainers.events`)."""
     run = set_up(cfg)
     events = RlEvents(callbacks, cfg, run.start_step, run.policy, run.tokenizer)
-    train(run, events)
-    folder = save(run)
+    last_metrics = train(run, events)
+    folder = save(run, last_metrics)
     events.train_end()
     return folder
 
@@ -264,9 +264,9 @@ def train(run: RlRun, events: RlEvents | None = None) -> dict:
     return record
 
 
-def save(run: RlRun) -> Path:
+def save(run: RlRun, last_metrics: dict | None = None) -> Path:
     """The trained policy as a plain model folder (LoRA merged), its tokenizer, processes.json, metrics.png,
-    and the completion marker last."""
+    and the completion marker last (with the last step's metrics)."""
     cfg, accelerator, folder = run.cfg, run.accelerator, run.folder
     main_process = accelerator.is_main_process
     final = accelerator.unwrap_model(run.policy)
@@ -292,7 +292,8 @@ def save(run: RlRun) -> Path:
     if run.trackers:
         accelerator.end_training()
     if main_process:
-        mark_complete(folder, stage="rl", algo=cfg.algo, steps=cfg.steps, processes=accelerator.num_processes)
+        mark_complete(folder, stage="rl", algo=cfg.algo, steps=cfg.steps, processes=accelerator.num_processes,
+                      **{f"final_{key}": value for key, value in (last_metrics or {}).items() if key != "step"})
     accelerator.wait_for_everyone()
     return folder
 

@@ -65,8 +65,13 @@ def is_complete(folder: str | Path) -> bool:
 
 
 def mark_complete(folder: Path, **summary) -> None:
-    """Written last, so its presence means every other artefact is in place."""
+    """The model card (README.md), then the marker, written last, so its presence means every other artefact
+    is in place."""
+    from dvpo.trainers.model_card import write_model_card
+
     summary["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if (folder / "dvpo_config.yaml").is_file():
+        write_model_card(folder, summary)
     tmp = folder / (COMPLETE_MARKER + ".tmp")
     tmp.write_text(json.dumps(summary, indent=2, default=str))
     tmp.replace(folder / COMPLETE_MARKER)
