@@ -17,6 +17,7 @@ STAGE_TITLES = {"sft": "supervised fine-tuning", "gvm": "a global value model (D
                 "rm": "a reward model", "dpo": "DPO", "rl": "online RL"}
 DATA_OPTIONS = ("data", "prompts", "eval_data", "eval_prompts")
 BASE_OPTIONS = ("model", "policy")
+DVPO_RUNS = {"gvm", "dvpo"}  # the stage or algorithm of a run that cites the paper
 DVPO_CITATION = """@article{huang2025dvpo,
   title   = {Decoupled Value Policy Optimization with Global Value Guidance},
   author  = {Huang, Chenghua and Wang, Lu and Yang, Fangkai and Zhao, Pu and Li, Zhixu and Lin, Qingwei and
@@ -58,7 +59,7 @@ def write_model_card(folder: Path, summary: dict) -> Path:
         lines += ["![metrics during training](metrics.png)", ""]
     lines += ["## Config", "", "The resolved options (`dvpo_config.yaml`; `dvpo <stage> --config` repeats the run):",
               "", "```yaml", yaml.safe_dump(config, sort_keys=False).strip(), "```", ""]
-    if stage == "gvm" or algo == "dvpo":
+    if DVPO_RUNS & {stage, algo}:
         lines += ["## Citation", "", "```bibtex", DVPO_CITATION, "```", ""]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
     card.save(folder / "README.md")
