@@ -44,11 +44,16 @@ def test_kl_past_the_limit_stops_and_past_half_warns(caplog):
         guard.check(_record(2, 10.0, 21.0), "ckpt")
 
 
-def test_a_resumed_guard_keeps_the_first_steps_length(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    path.write_text(json.dumps(_record(1, 8.0, 0.0)) + "\n" + json.dumps(_record(2, 9.0, 0.1)) + "\n")
-    guard = RunawayGuard.resumed(100, 3.0, path)
+def test_a_resumed_guard_keeps_the_first_steps_length_and_its_warnings():
+    """The checkpoint carries the guard's state: the run never reads its own metrics file back."""
+    guard = RunawayGuard(100, 3.0)
+    guard.check(_record(1, 8.0, 0.0), "ckpt")
+    guard.check(_record(2, 13.0, 0.1), "ckpt")  # warns: 1.6x
+    resumed = RunawayGuard(100, 3.0)
+    resumed.load_state_dict(json.loads(json.dumps(guard.state_dict())))
     record = _record(3, 12.0, 0.2)
-    guard.check(record, "ckpt")
-    assert record["length_ratio"] == pytest.approx(1.5)
-    assert RunawayGuard.resumed(100, 3.0, tmp_path / "none.jsonl").reference_length is None
+    resumed.check(record, "ckpt")
+    assert record["length_ratio"] == pytest.approx(1.5) and resumed.warned == {"length"}
+    fresh = RunawayGuard(100, 3.0)
+    fresh.load_state_dict({})  # a checkpoint from before the guard's state was kept
+    assert fresh.reference_length is None

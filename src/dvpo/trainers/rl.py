@@ -160,6 +160,7 @@ class RlRun:
     tokenizer: object
     policy: object
     controller: object
+    guard: RunawayGuard
     checkpointer: RlCheckpointer
     loop: "RlLoop"
     start_step: int
@@ -207,10 +208,12 @@ def set_up(cfg: RlConfig) -> RlRun:
                   else FixedKLController(cfg.kl_coef))
     sharded = [(policy, optimizer), *((module, side_optimizer) for module in source.trainable)]
     checkpointer = RlCheckpointer(folder, cfg.keep_checkpoints, accelerator, sharded if cfg.fsdp else [])
-    start_step = checkpointer.restore(controller)
+    guard = RunawayGuard(cfg.max_kl, cfg.max_length_ratio)
+    start_step = checkpointer.restore(controller, guard)
     loop = RlLoop(cfg, accelerator, policy, reference, source, optimizer, side_optimizer, controller, tokenizer,
                   rows)
-    return RlRun(cfg, accelerator, folder, tokenizer, policy, controller, checkpointer, loop, start_step, trackers)
+    return RlRun(cfg, accelerator, folder, tokenizer, policy, controller, guard, checkpointer, loop, start_step,
+                 trackers)
 
 
 def train(run: RlRun, events: RlEvents | None = None) -> dict:
@@ -224,7 +227,6 @@ def train(run: RlRun, events: RlEvents | None = None) -> dict:
     if main_process:
         truncate_metrics(run.metrics_path, run.start_step)
     accelerator.wait_for_everyone()
-    guard = RunawayGuard.resumed(cfg.max_kl, cfg.max_length_ratio, run.metrics_path)
     progress = tqdm(range(run.start_step, cfg.steps), initial=run.start_step, total=cfg.steps,
                     desc=f"rl {cfg.algo}", disable=not main_process)
     for step in progress:
@@ -236,7 +238,7 @@ def train(run: RlRun, events: RlEvents | None = None) -> dict:
                                                noise_seed=step_seed(cfg.seed, step, 2), proxy=loop.source.proxy))
         runaway = None
         try:
-            guard.check(record, str(run.checkpointer.root))
+            run.guard.check(record, str(run.checkpointer.root))
         except PolicyRunaway as error:
             runaway = error
         if main_process:
@@ -253,12 +255,12 @@ def train(run: RlRun, events: RlEvents | None = None) -> dict:
                                      f"the last good checkpoint is kept in {run.checkpointer.root}")
         last, periodic = step + 1 == cfg.steps, (step + 1) % cfg.save_every == 0
         if periodic and not last:
-            run.checkpointer.save(step + 1, run.controller)
+            run.checkpointer.save(step + 1, run.controller, run.guard)
             events.save()
         signum = None if last else STOP.requested()
         if signum:
             if not periodic:
-                run.checkpointer.save(step + 1, run.controller)
+                run.checkpointer.save(step + 1, run.controller, run.guard)
                 events.save()
             raise RunInterrupted(signum, step + 1, run.checkpointer.root)
     return record

@@ -42,7 +42,7 @@ class RlCheckpointer:
         done = [p for p in self.root.glob("step-*") if (p / META_FILE).is_file()]
         return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
-    def save(self, step: int, controller) -> Path:
+    def save(self, step: int, controller, guard) -> Path:
         final = self.root / f"step-{step}"
         tmp = self.root / f".tmp-step-{step}"
         main = self.accelerator.is_main_process
@@ -58,6 +58,7 @@ class RlCheckpointer:
         self.accelerator.wait_for_everyone()
         if main:
             (tmp / META_FILE).write_text(json.dumps({"step": step, "controller": controller.state_dict(),
+                                                     "guard": guard.state_dict(),
                                                      "processes": self.accelerator.num_processes}))
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
@@ -66,8 +67,9 @@ class RlCheckpointer:
         self.accelerator.wait_for_everyone()
         return final
 
-    def restore(self, controller) -> int:
-        """Loads the newest checkpoint if there is one; returns the step to continue from."""
+    def restore(self, controller, guard) -> int:
+        """Loads the newest checkpoint if there is one (the KL controller's and the runaway guard's state with
+        it); returns the step to continue from."""
         existing = self._existing()
         if not existing:
             return 0
@@ -81,4 +83,5 @@ class RlCheckpointer:
                                options=StateDictOptions(full_state_dict=True))
         meta = json.loads((latest / META_FILE).read_text())
         controller.load_state_dict(meta["controller"])
+        guard.load_state_dict(meta.get("guard", {}))
         return int(meta["step"])

@@ -9,9 +9,7 @@ number passes half its limit, and stops the run with a clear message past the li
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 from dvpo.errors import PolicyRunaway
 
@@ -26,14 +24,13 @@ class RunawayGuard:
         self.reference_length = reference_length
         self.warned: set[str] = set()
 
-    @classmethod
-    def resumed(cls, max_kl: float, max_length_ratio: float, metrics_path: Path) -> "RunawayGuard":
-        """A guard whose reference length is the first logged step's, when the run is resumed."""
-        reference = None
-        if metrics_path.exists():
-            first = next((line for line in metrics_path.read_text().splitlines() if line), None)
-            reference = json.loads(first).get("response_length") if first else None
-        return cls(max_kl, max_length_ratio, reference)
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps, so a resumed run measures lengths against the same starting policy."""
+        return {"reference_length": self.reference_length, "warned": sorted(self.warned)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reference_length = state.get("reference_length")
+        self.warned = set(state.get("warned", []))
 
     def check(self, record: dict, where: str) -> None:
         """Add `length_ratio` to a step's record; warn or raise `PolicyRunaway` past the limits."""
