@@ -74,6 +74,31 @@ def test_rl_logs_its_metrics_to_tensorboard_and_wandb_at_once(tiny_model, tiny_g
     assert [row["gvm_value_mean"] for row in history] == pytest.approx([r["gvm_value_mean"] for r in logged])
 
 
+def test_rl_logs_its_metrics_to_trackio_and_mlflow_local_stores(tiny_model, tiny_gvm, lab_data, tmp_path,
+                                                                monkeypatch):
+    import sqlite3
+
+    uri = f"file://{tmp_path / 'mlruns'}"
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # read when trackio is first imported
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    pytest.importorskip("trackio")
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "run"
+    main(rl(tiny_model, tiny_gvm, lab_data, out, "--report-to", "trackio,mlflow"))
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    with sqlite3.connect(tmp_path / "trackio" / "dvpo-rl.db") as db:
+        rows = [json.loads(metrics) for (metrics,) in db.execute("select metrics from metrics order by step")]
+    assert [row["kl"] for row in rows] == pytest.approx([r["kl"] for r in logged])
+    client = MlflowClient(uri)
+    [experiment] = [e for e in client.search_experiments() if e.name == "dvpo-rl"]
+    [run] = client.search_runs([experiment.experiment_id])
+    history = client.get_metric_history(run.info.run_id, "proxy_score")
+    assert [(m.step, m.value) for m in history] == [(r["step"], pytest.approx(r["proxy_score"])) for r in logged]
+
+
 def test_an_offline_stage_logs_its_loss_to_tensorboard(tiny_model, lab_data, tmp_path):
     out = tmp_path / "gvm"
     main(["gvm", "--model", str(tiny_model), "--data", str(lab_data["rated"]), "--out", str(out), "--max-steps", "4",
@@ -83,12 +108,19 @@ def test_an_offline_stage_logs_its_loss_to_tensorboard(tiny_model, lab_data, tmp
     assert [step for step, _ in scalars["train/loss"]] == [2, 4]
 
 
-@pytest.mark.parametrize("report_to, message", [("tensorbord", "unknown tracker 'tensorbord'"),
-                                                ("tensorboard,mlflow", "needs the mlflow package: pip install")])
-def test_an_unknown_or_missing_tracker_stops_the_run_before_any_file(report_to, message, tiny_model, tiny_gvm,
-                                                                     lab_data, tmp_path, capsys):
-    if message.startswith("needs") and __import__("importlib").util.find_spec("mlflow"):
-        pytest.skip("mlflow is installed here")
+@pytest.mark.parametrize("case", ["unknown", "not installed", "mlflow store"])
+def test_an_unknown_missing_or_unusable_tracker_stops_the_run_before_any_file(case, tiny_model, tiny_gvm, lab_data,
+                                                                              tmp_path, monkeypatch, capsys):
+    report_to, message = {"unknown": ("tensorbord", "unknown tracker 'tensorbord'"),
+                          "not installed": ("tensorboard,mlflow", "needs the mlflow_absent package: pip install"),
+                          "mlflow store": ("mlflow", "the tracking store file://")}[case]
+    if case == "not installed":  # every tracker is installed in the dev set: name a package that is not
+        monkeypatch.setitem(__import__("dvpo.trainers.trackers").trainers.trackers.TRACKER_PACKAGES, "mlflow",
+                            "mlflow_absent")
+    if case == "mlflow store":  # MLflow 3 refuses its file store unless told
+        pytest.importorskip("mlflow")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path / 'mlruns'}")
+        monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     out = tmp_path / "run"
     for stage in (rl(tiny_model, tiny_gvm, lab_data, out, "--report-to", report_to),
                   ["sft", "--model", str(tiny_model), "--data", str(lab_data["sft"]), "--out", str(out),
@@ -97,4 +129,4 @@ def test_an_unknown_or_missing_tracker_stops_the_run_before_any_file(report_to, 
             main(stage)
         error = capsys.readouterr().err.strip().splitlines()
         assert stop.value.code == 2 and len(error) == 1 and message in error[0]
-        assert not out.exists()
+        assert not out.exists() and not (tmp_path / "mlruns").exists()

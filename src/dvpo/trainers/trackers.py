@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 
 from dvpo.errors import ConfigError
 
@@ -26,7 +27,24 @@ def report_targets(report_to: str) -> list[str]:
         if importlib.util.find_spec(package) is None:
             raise ConfigError(f"--report-to {name} needs the {package} package: pip install {package} "
                               "(or pip install 'dvpo[trackers]' for every tracker)")
+    if "mlflow" in names:
+        check_mlflow_store()
     return names
+
+
+def check_mlflow_store() -> None:
+    """MLflow's tracking store as `MLFLOW_TRACKING_URI` sets it, opened now: a store MLflow refuses (the file
+    store without `MLFLOW_ALLOW_FILE_STORE=true`, sqlite without sqlalchemy) would otherwise fail mid-run."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient()._tracking_client.store
+    except (MlflowException, ImportError) as error:
+        first = str(error).split(". ")[0]
+        raise ConfigError(f"--report-to mlflow: the tracking store {os.environ.get('MLFLOW_TRACKING_URI', '(default)')} "
+                          f"cannot be opened: {first}; set MLFLOW_TRACKING_URI (with MLFLOW_ALLOW_FILE_STORE=true for "
+                          "a file:// store)") from None
 
 
 def tracker_config(cfg) -> dict:
