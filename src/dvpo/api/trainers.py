@@ -7,6 +7,7 @@ returns the final metrics, `save_model()` the folder the CLI writes.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import shutil
@@ -45,6 +46,19 @@ class StageTrainer:
         self.args, self.callbacks = args, list(callbacks or [])
         self.inputs = Inputs(args.output_dir)
         self.metrics: dict = {}
+
+    @classmethod
+    def from_stage_config(cls, stage_cfg):
+        """The trainer a `dvpo <stage>` command runs: the command's options split into this trainer's config and
+        its arguments (`model`, `train_dataset`, ...)."""
+        names = {f.name for f in dataclasses.fields(cls.CONFIG)} - {"output_dir"}
+        args = cls.CONFIG(output_dir=stage_cfg.out, **{name: getattr(stage_cfg, name) for name in names})
+        return cls._construct(args, {argument: getattr(stage_cfg, option)
+                                     for option, argument in cls.CONFIG.GIVEN.items()})
+
+    @classmethod
+    def _construct(cls, args, given: dict):
+        return cls(args=args, **given)
 
     def stage_config(self):
         raise NotImplementedError
@@ -150,8 +164,6 @@ class RLTrainer(StageTrainer):
                               "its adapters off under LoRA); ref_model must be None")
         if train_dataset is None:
             raise ConfigError(f"{type(self).__name__} needs train_dataset (rows with a prompt)")
-        if eval_dataset is not None and score_fn is None:
-            raise ConfigError(f"{type(self).__name__}: eval_dataset is scored by score_fn; pass one")
         self.given = dict(
             policy=self.inputs.model(model, processing_class, "model"),
             prompts=self.inputs.rows(train_dataset, "train"),
@@ -161,6 +173,14 @@ class RLTrainer(StageTrainer):
             eval_prompts=self.inputs.rows(eval_dataset, "eval"),
             score_fn=(function_specs(score_fn) or [None])[0],
         )
+
+    @classmethod
+    def _construct(cls, args, given: dict):
+        """Every RL option through the shared constructor, so one the algorithm does not use (`--reward-fn`
+        with `--algo dvpo`) reaches the algorithm's own check and its error."""
+        trainer = cls.__new__(cls)
+        RLTrainer.__init__(trainer, args=args, **given)
+        return trainer
 
     def stage_config(self):
         return self.args.stage_config(**self.given)
@@ -218,3 +238,7 @@ class RLOOTrainer(_RewardFunctionTrainer):
     """RLOO: each sample's baseline is the mean reward of its group's other samples."""
 
     CONFIG = configs.RLOOConfig
+
+
+RL_TRAINERS = {trainer.CONFIG.FIXED["algo"]: trainer for trainer in (DVPOTrainer, PPOTrainer, ReMaxTrainer,
+                                                                      GRPOTrainer, RLOOTrainer)}
