@@ -78,20 +78,27 @@ def test_rl_logs_its_metrics_to_trackio_and_mlflow_local_stores(tiny_model, tiny
                                                                 monkeypatch):
     import sqlite3
 
-    uri = f"file://{tmp_path / 'mlruns'}"
-    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # read when trackio is first imported
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    import os
+    import subprocess
+    import sys
+
     pytest.importorskip("trackio")
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
+    uri = f"file://{tmp_path / 'mlruns'}"
     out = tmp_path / "run"
-    main(rl(tiny_model, tiny_gvm, lab_data, out, "--report-to", "trackio,mlflow"))
+    # a fresh process: trackio reads TRACKIO_DIR once, when it is first imported
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "MLFLOW_TRACKING_URI": uri,
+           "MLFLOW_ALLOW_FILE_STORE": "true"}
+    done = subprocess.run([sys.executable, "-m", "dvpo", *rl(tiny_model, tiny_gvm, lab_data, out, "--report-to",
+                                                             "trackio,mlflow")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     with sqlite3.connect(tmp_path / "trackio" / "dvpo-rl.db") as db:
         rows = [json.loads(metrics) for (metrics,) in db.execute("select metrics from metrics order by step")]
     assert [row["kl"] for row in rows] == pytest.approx([r["kl"] for r in logged])
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # for reading it back here too
     client = MlflowClient(uri)
     [experiment] = [e for e in client.search_experiments() if e.name == "dvpo-rl"]
     [run] = client.search_runs([experiment.experiment_id])
