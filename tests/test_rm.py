@@ -128,3 +128,31 @@ def test_rm_trains_on_a_preference_file(tiny_model, lab_data, tmp_path):
     assert summary["data_kind"] == "preference"
     assert summary["pairs"] + summary["validation_rows"] == preference_rows  # a tenth of the prompts validate
     assert summary["steps"] == 2
+
+
+def test_a_sampled_response_is_scored_at_the_token_the_reward_model_was_trained_on(tiny_model):
+    """ChatML templates (SmolLM2's) render a newline after a turn's eos, where sampling stops: the reward model
+    pools at the last token, so the rollout's rows get the rest of the turn end and score as their text does."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from dvpo.data.tokenize import encode_prompt, turn_end_after_eos
+    from dvpo.models.reward_model import RewardModel, RmMeta, build_reward_model
+    from dvpo.models.tokenizer import CHAT_TEMPLATE
+    from dvpo.trainers.sources.scoring import reward_scores
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.chat_template = CHAT_TEMPLATE.replace("{% endgeneration %}", "{% endgeneration %}{{ '\\n' }}")
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    assert turn_end_after_eos(tokenizer) == newline and newline
+    torch.manual_seed(0)
+    model = build_reward_model(str(tiny_model))
+    torch.nn.init.normal_(model.score.weight)
+    rm = RewardModel(model, tokenizer, RmMeta(base_model=str(tiny_model), lora=False, max_length=64))
+    prompts, texts = ["sort 3 1 2", "repeat 5 5", "reverse 1 2 3"], ["1 2 3", "5 5 5 5", "3 2"]
+    rows = [(encode_prompt(tokenizer, p), tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+            for p, t in zip(prompts, texts)]
+    from_text = rm.score(prompts, texts)
+    torch.testing.assert_close(reward_scores(rm, rows, normalize=False), from_text)
+    at_eos = rm.score_rows([prompt + response for prompt, response in rows])
+    assert not torch.allclose(at_eos, from_text)  # what the rollout rows scored before they were completed

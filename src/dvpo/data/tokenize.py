@@ -91,6 +91,26 @@ def encode_example(
     return prompt_ids + response, [0] * len(prompt_ids) + [1] * len(response)
 
 
+def turn_end_after_eos(tokenizer) -> list[int]:
+    """The ids a chat template renders after an assistant turn's eos (SmolLM2's "<|im_end|>" is followed by a
+    newline); empty without a template. Rows encoded for training end so; a sampled response stops at eos."""
+    if not tokenizer.chat_template or tokenizer.eos_token_id is None:
+        return []
+    ids, mask = encode_example(tokenizer, "x", "y")
+    response = [token for token, in_response in zip(ids, mask) if in_response]
+    eos = tokenizer.eos_token_id
+    return response[len(response) - response[::-1].index(eos):] if eos in response else []
+
+
+def as_trained(response_ids: list[int], tokenizer, after_eos: list[int]) -> list[int]:
+    """A sampled response as its training rows were encoded: one that stopped at eos gets the rest of the
+    template's turn end (`turn_end_after_eos`), so a sequence scorer reads its score at the same token as in
+    training (a reward model pools at the last token). A response cut before eos is left as it is."""
+    if after_eos and response_ids and response_ids[-1] == tokenizer.eos_token_id:
+        return list(response_ids) + after_eos
+    return list(response_ids)
+
+
 def encode_messages(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
     """A whole conversation; the mask covers the assistant turns (as rendered by the template).
 

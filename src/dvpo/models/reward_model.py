@@ -13,6 +13,7 @@ responses, so the RL stage can normalise rewards).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -21,7 +22,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from dvpo.algos.masked import standardize
-from dvpo.data.tokenize import TruncationStats, encode_example, ensure_pad_token, truncate
+from dvpo.data.tokenize import TruncationStats, encode_example, ensure_pad_token, truncate, turn_end_after_eos
 from dvpo.models.frozen import FrozenScorer, StageMeta
 from dvpo.models.loading import (check_model_path, default_device, load_tokenizer, loading_errors, resolve_dtype,
                                  resolve_model)
@@ -67,6 +68,11 @@ class RewardModel(FrozenScorer):
     """A frozen reward model: one scalar score per (prompt, response)."""
 
     meta: RmMeta
+
+    @functools.cached_property
+    def after_eos(self) -> list[int]:
+        """What its chat template renders after an assistant turn's eos (`turn_end_after_eos`)."""
+        return turn_end_after_eos(self.tokenizer)
 
     def normalize(self, scores: torch.Tensor) -> torch.Tensor:
         """Scores standardised with the training statistics, so rewards have a known scale."""

@@ -13,7 +13,7 @@ import logging
 import torch
 
 from dvpo.algos.advantages import reliability_weight
-from dvpo.data.tokenize import TruncationStats
+from dvpo.data.tokenize import TruncationStats, as_trained
 from dvpo.errors import ConfigError
 from dvpo.models.tokenizer_match import describe, same_vocabulary
 from dvpo.user_functions import RewardFunction
@@ -55,10 +55,13 @@ def reward_scores(reward_model, rows: list[tuple[list[int], list[int]]], normali
     has no unit, and this puts it on the scale of the GVM's values (z-scored training scores), so the KL
     coefficient weighs every algorithm's signal alike; `weight` then scales them (`signal_weight`).
 
+    A response that stopped at eos is completed with the rest of the chat template's turn end (`as_trained`):
+    the reward model pools its score at the last token, which in training came after eos (SmolLM2: a newline).
     Rows are cut to the RM's max_length as in its training (`truncate`), with a warning when any is."""
     cut = TruncationStats()
     ids = []
     for prompt, response in rows:
+        response = as_trained(response, reward_model.tokenizer, reward_model.after_eos)
         kept, _, what = reward_model.fit(prompt + response, [0] * len(prompt) + [1] * len(response))
         cut.add(what)
         ids.append(kept)
