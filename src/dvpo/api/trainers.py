@@ -68,7 +68,8 @@ class StageTrainer:
         module, _, name = self.STAGE_FUNCTION.partition(":")
         last = LastMetrics()
         folder = getattr(importlib.import_module(module), name)(self.stage_config(), callbacks=[*self.callbacks, last])
-        summary = json.loads((Path(folder) / COMPLETE_MARKER).read_text())
+        marker = Path(folder) / COMPLETE_MARKER  # the main process writes it; the others may get here first
+        summary = json.loads(marker.read_text()) if marker.is_file() else {}
         self.metrics = {**last.logs, **summary}
         return self.metrics
 
@@ -118,7 +119,9 @@ class GVMTrainer(OfflineTrainer):
 
     def train(self) -> dict:
         metrics = super().train()
-        if self.eval_dataset:
+        from dvpo.distributed import process_state
+
+        if self.eval_dataset and process_state().is_main_process:  # the others may not see the saved folder yet
             from dvpo.eval.gvm_accuracy import evaluate_gvm
 
             result = evaluate_gvm(str(self.args.output_dir), self.eval_dataset, seed=self.args.seed)
