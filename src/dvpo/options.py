@@ -106,19 +106,24 @@ def _coerce(config_cls: type, name: str, value, origin: str):
     return value
 
 
+def read_options_file(config_file: str | Path) -> dict:
+    """The mapping of option: value in a YAML file; a ConfigError naming the file when it is missing or not one."""
+    path = Path(config_file)
+    if not path.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{config_file}: expected a mapping of option: value")
+    return loaded
+
+
 def resolve(config_cls: type, args: argparse.Namespace):
     """Defaults < YAML file (`--config`) < command line; required options must be set somewhere."""
     names = {f.name for f in dataclasses.fields(config_cls)}
     values: dict[str, Any] = {}
     config_file = getattr(args, "config", None)
     if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ConfigError(f"config file {config_file} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{config_file}: expected a mapping of option: value")
-        for key, value in loaded.items():
+        for key, value in read_options_file(config_file).items():
             name = str(key).replace("-", "_")
             if name not in names:
                 raise ConfigError(f"{config_file}: unknown option '{key}' (valid: {', '.join(sorted(names))})")

@@ -12,10 +12,8 @@ import dataclasses
 from pathlib import Path
 from typing import ClassVar
 
-import yaml
-
 from dvpo.errors import ConfigError
-from dvpo.options import _coerce
+from dvpo.options import _coerce, read_options_file
 from dvpo.pipeline import RECIPE_NAMES, RECIPE_ROOT
 from dvpo.stage_options import DpoConfig, GvmConfig, RlConfig, RmConfig, SftConfig
 
@@ -34,12 +32,7 @@ class StageArgs:
     def from_yaml(cls, path: str | Path, **changes):
         """A config from a YAML file of options (a recipe, or a saved `dvpo_config.yaml`), then `changes`.
         A key that a trainer argument sets instead (`model`, `data`, ...) is an error naming that argument."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of option: value")
+        loaded = read_options_file(path)
         values = {}
         names = {f.name for f in dataclasses.fields(cls)}
         for key, value in {**loaded, **changes}.items():
