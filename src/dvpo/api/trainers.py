@@ -32,7 +32,8 @@ class LastMetrics(TrainerCallback):
 
 
 class StageTrainer:
-    """One stage run from Python. Subclasses name the stage's function and build its options."""
+    """One stage run from Python. Subclasses name the stage's function and build its options
+    (`stage_config()`: `OfflineTrainer` and `RLTrainer`)."""
 
     STAGE_FUNCTION: str  # "module:function" of the stage, as the CLI registers it
     CONFIG: type
@@ -59,9 +60,6 @@ class StageTrainer:
     @classmethod
     def _construct(cls, args, given: dict):
         return cls(args=args, **given)
-
-    def stage_config(self):
-        raise NotImplementedError
 
     def train(self) -> dict:
         """Run the stage (resuming from the last checkpoint in `args.output_dir`); the final metrics."""
