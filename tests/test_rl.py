@@ -159,6 +159,33 @@ def _run_reward_algo(algo, tiny_model, tiny_rm, lab_data, out, *extra):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.parametrize("algo", ["dvpo", "ppo"])
+def test_the_run_s_own_scorer_as_eval_scorer_gives_its_proxy_score(algo, tiny_model, tiny_gvm, tiny_rm, lab_data,
+                                                                   tmp_path):
+    """--eval-scorer re-encodes the decoded samples with the scorer's own tokenizer; given the run's own scorer
+    it must reproduce proxy_score, which the source computes from the rollout's token ids."""
+    scorer = tiny_gvm if algo == "dvpo" else tiny_rm
+    signal = ["--gvm", str(tiny_gvm)] if algo == "dvpo" else ["--reward-model", str(tiny_rm)]
+    out = tmp_path / algo
+    main(["rl", "--algo", algo, "--policy", str(tiny_model), *signal, "--eval-scorer", str(scorer),
+          "--prompts", str(lab_data["prompts"]), "--out", str(out), "--steps", "3", "--rollout-batch-size", "4",
+          "--mini-batch-size", "2", "--ppo-epochs", "1", "--learning-rate", "1e-3", "--max-new-tokens", "8",
+          "--score-fn", "dvpo.lab.tasks:judge_completions", "--eval-prompts", str(lab_data["test_prompts"]),
+          "--eval-every", "3"])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        assert record["second_score"] == pytest.approx(record["proxy_score"], abs=1e-4)
+    assert records[-1]["eval_second_score"] == pytest.approx(records[-1]["eval_proxy_score"], abs=1e-4)
+
+
+def test_an_eval_scorer_that_is_no_scorer_is_refused_before_any_file(tiny_model, tiny_gvm, lab_data, tmp_path,
+                                                                     capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(_rl_args(tiny_model, tiny_gvm, lab_data, tmp_path / "x", "--eval-scorer", str(tiny_model)))
+    assert stop.value.code == 2 and "not a GVM folder" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_ppo_trains_policy_and_critic_on_the_same_loop(tiny_model, tiny_rm, lab_data, tmp_path):
     records = _run_reward_algo("ppo", tiny_model, tiny_rm, lab_data, tmp_path / "ppo")
     for key in ("proxy_score", "value_mean", "value_loss", "value_clip_frac", "kl", "score"):

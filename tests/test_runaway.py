@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 
-from dvpo.trainers.runaway import RunawayGuard
+from dvpo.trainers.runaway import RunawayGuard, slope
 
 from dvpo.errors import PolicyRunaway
 
@@ -57,3 +58,48 @@ def test_a_resumed_guard_keeps_the_first_steps_length_and_its_warnings():
     fresh = RunawayGuard(100, 3.0)
     fresh.load_state_dict({})  # a checkpoint from before the guard's state was kept
     assert fresh.reference_length is None
+
+
+def _scores(step, proxy, second):
+    return {**_record(step, 10.0, 0.0), "proxy_score": proxy, "second_score": second}
+
+
+def test_slope_is_the_least_squares_line():
+    values = [0.3, -1.2, 2.5, 0.7, 1.9, 4.0]
+    assert slope(values) == pytest.approx(float(np.polyfit(np.arange(len(values)), values, 1)[0]))
+    assert slope([5.0]) == 0.0
+
+
+def test_a_proxy_that_rises_while_the_second_scorer_falls_warns_once(caplog):
+    guard = RunawayGuard(100, 3.0)
+    with caplog.at_level(logging.WARNING):
+        for step in range(1, 16):
+            guard.check(_scores(step, 0.05 * step, 1.0 - 0.03 * step), "ckpt")
+    assert caplog.text.count("likely over-optimising its scorer") == 1
+    assert "step 10: over the last 10 steps the run's own scorer rose by 0.45" in caplog.text
+    assert "fell by 0.27" in caplog.text
+
+
+@pytest.mark.parametrize("second", [lambda step: 0.02 * step,           # both rise: the policy improves
+                                    lambda step: 0.5 - 0.005 * step,    # a fall within noise (0.045 < 0.1)
+                                    None])                               # no second scorer
+def test_no_warning_unless_the_two_scorers_part_ways(second, caplog):
+    guard = RunawayGuard(100, 3.0)
+    with caplog.at_level(logging.WARNING):
+        for step in range(1, 30):
+            record = _scores(step, 0.05 * step, second(step)) if second else {**_record(step, 10.0, 0.0),
+                                                                              "proxy_score": 0.05 * step}
+            guard.check(record, "ckpt")
+    assert "over-optimising" not in caplog.text
+
+
+def test_a_resumed_watch_keeps_its_window(caplog):
+    guard = RunawayGuard(100, 3.0)
+    for step in range(1, 6):
+        guard.check(_scores(step, 0.05 * step, 1.0 - 0.03 * step), "ckpt")
+    resumed = RunawayGuard(100, 3.0)
+    resumed.load_state_dict(json.loads(json.dumps(guard.state_dict())))
+    with caplog.at_level(logging.WARNING):
+        for step in range(6, 11):
+            resumed.check(_scores(step, 0.05 * step, 1.0 - 0.03 * step), "ckpt")
+    assert "step 10: over the last 10 steps" in caplog.text

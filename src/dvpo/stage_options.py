@@ -305,6 +305,11 @@ class RlConfig:
                                   "module:name, TRL's reward_funcs convention; dvpo.lab.tasks:judge_completions "
                                   "is the lab's judge")
     eval_prompts: str | None = option(None, help="held-out prompts scored by --score-fn every --eval-every steps")
+    eval_scorer: str | None = option(None, help="a second scorer that watches the run and never trains it: a "
+                                     "reward-model folder (`dvpo rm`, say for a DVPO run) or a GVM folder (`dvpo "
+                                     "gvm`, for a PPO run); its standardised score of the rollouts is second_score "
+                                     "(eval_second_score on --eval-prompts), and the loop warns when proxy_score "
+                                     "keeps rising while it falls (over-optimisation)")
     eval_every: int = option(10, help="evaluate every N steps (0: only at the end)")
     save_every: int = option(25, help="checkpoint every N steps")
     keep_checkpoints: int = option(2, help="checkpoints kept")

@@ -30,9 +30,10 @@ class PromptScorer:
 
     @torch.no_grad()
     def evaluate(self, policy, tokenizer, cfg, device, stats: BatchStats | None = None, noise_seed: int = 0,
-                 batch_size: int = 64, proxy=None) -> dict:
-        """Held-out prompts sampled at the training temperature; the score function's mean (`eval_score`) and,
-        with `proxy` (the advantage source's own scorer, `proxy(prompts, texts)`), its mean (`eval_proxy_score`).
+                 batch_size: int = 64, proxy=None, second=None) -> dict:
+        """Held-out prompts sampled at the training temperature; the score function's mean (`eval_score`),
+        with `proxy` (the advantage source's own scorer, `proxy(prompts, texts)`) its mean (`eval_proxy_score`),
+        and with `second` (`--eval-scorer`, called alike) its mean (`eval_second_score`).
 
         With several processes each samples its share of every batch, with the batch's shared noise,
         so the score does not depend on the number of processes.
@@ -43,7 +44,7 @@ class PromptScorer:
         rank, world = (stats.accelerator.process_index, stats.accelerator.num_processes) if stats.accelerator \
             else (0, 1)
         policy.eval()
-        total = proxy_total = 0.0
+        total = proxy_total = second_total = 0.0
         count = 0
         for start in range(0, len(self.eval_prompts), batch_size):
             chunk = self.eval_prompts[start:start + batch_size]
@@ -58,7 +59,10 @@ class PromptScorer:
             if mine:
                 total += float(self.fn(mine, texts[:len(mine)], [{} for _ in mine]).sum())
                 proxy_total += float(proxy(mine, texts[:len(mine)]).sum()) if proxy else 0.0
+                second_total += float(second(mine, texts[:len(mine)]).sum()) if second else 0.0
             count += len(mine)
-        total, proxy_total, count = stats.sum(torch.tensor([total, proxy_total, float(count)]))
-        return {"eval_score": float(total / count), **({"eval_proxy_score": float(proxy_total / count)} if proxy
-                                                       else {})}
+        total, proxy_total, second_total, count = stats.sum(torch.tensor([total, proxy_total, second_total,
+                                                                          float(count)]))
+        return {"eval_score": float(total / count),
+                **({"eval_proxy_score": float(proxy_total / count)} if proxy else {}),
+                **({"eval_second_score": float(second_total / count)} if second else {})}

@@ -21,7 +21,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
 from dvpo.algos.masked import standardize
-from dvpo.data.tau import conditioned_on
+from dvpo.data.tau import conditioned_on, sample_tau_sets
 from dvpo.data.tokenize import TruncationStats, encode_example, ensure_pad_token
 from dvpo.errors import ModelError
 from dvpo.models.frozen import FrozenScorer, StageMeta, active_adapter
@@ -170,6 +170,15 @@ class GlobalValueModel(FrozenScorer):
             results += [values[i, 1:lengths[i]].cpu() for i in range(len(encoded))]
         cut.log("GVM scoring", self.meta.max_length)
         return results
+
+    def final_values(self, prompts: list, responses: list[str]) -> torch.Tensor:
+        """[N] each response's standardised value at its last token, tau (when the GVM was trained with it)
+        drawn among the other responses, as on rollouts: a GVM's score of whole samples."""
+        picks = (sample_tau_sets(prompts, [None] * len(prompts), 0, self.meta.tau_pairs) if self.meta.tau
+                 else [[] for _ in prompts])
+        values = self.score(list(prompts), list(responses),
+                            taus=[[(prompts[j], responses[j]) for j in pick] for pick in picks])
+        return torch.tensor([float(v[-1]) if len(v) else 0.0 for v in values])
 
 
 def value_model_around(backbone, base_path: str):

@@ -48,6 +48,7 @@ from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
 from dvpo.trainers.runaway import RunawayGuard
 from dvpo.trainers.trackers import report_targets, tracker_config
 from dvpo.trainers.sources import source_class
+from dvpo.trainers.sources.second_scorer import SecondScorer, second_scorer_kind
 from dvpo.user_functions import load_function
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ def check_config(cfg: RlConfig, world: int) -> None:
                           "dvpo.lab.tasks:judge_completions)")
     if cfg.score_fn:
         load_function(cfg.score_fn, "--score-fn")
+    if cfg.eval_scorer:
+        second_scorer_kind(cfg.eval_scorer)
     if cfg.rollout_engine == "static" and cfg.fsdp:
         raise ConfigError("--rollout-engine static needs whole weights on each process; --fsdp shards them: "
                           "use hf or auto")
@@ -210,8 +213,9 @@ def set_up(cfg: RlConfig) -> RlRun:
     checkpointer = RlCheckpointer(folder, cfg.keep_checkpoints, accelerator, sharded if cfg.fsdp else [])
     guard = RunawayGuard(cfg.max_kl, cfg.max_length_ratio)
     start_step = checkpointer.restore(controller, guard)
+    second = SecondScorer(cfg.eval_scorer, accelerator.device, cfg.dtype, tokenizer) if cfg.eval_scorer else None
     loop = RlLoop(cfg, accelerator, policy, reference, source, optimizer, side_optimizer, controller, tokenizer,
-                  rows)
+                  rows, second)
     return RlRun(cfg, accelerator, folder, tokenizer, policy, controller, guard, checkpointer, loop, start_step,
                  trackers)
 
@@ -235,7 +239,8 @@ def train(run: RlRun, events: RlEvents | None = None) -> dict:
         if loop.scorer.eval_prompts and due:
             record.update(loop.scorer.evaluate(accelerator.unwrap_model(run.policy), run.tokenizer, cfg,
                                                accelerator.device, loop.stats,
-                                               noise_seed=step_seed(cfg.seed, step, 2), proxy=loop.source.proxy))
+                                               noise_seed=step_seed(cfg.seed, step, 2), proxy=loop.source.proxy,
+                                               second=loop.second))
         runaway = None
         try:
             run.guard.check(record, str(run.checkpointer.root))
@@ -289,7 +294,7 @@ def save(run: RlRun, last_metrics: dict | None = None) -> Path:
             final.save_pretrained(folder, state_dict=state)
     if main_process:
         run.tokenizer.save_pretrained(folder)
-        plot_metrics(run.metrics_path, ("score", "eval_score", "proxy_score", "kl", "kl_coef", "entropy",
+        plot_metrics(run.metrics_path, ("score", "eval_score", "proxy_score", "second_score", "kl", "kl_coef", "entropy",
                                         "response_length", "length_ratio", "clip_frac"), folder / "metrics.png")
     if run.trackers:
         accelerator.end_training()
@@ -304,13 +309,14 @@ class RlLoop:
     """One RL step on this process's share of the rollout batch."""
 
     def __init__(self, cfg, accelerator, policy, reference, source, optimizer, side_optimizer, controller,
-                 tokenizer, rows):
+                 tokenizer, rows, second: SecondScorer | None = None):
         self.cfg, self.accelerator, self.policy = cfg, accelerator, policy
         self.source, self.optimizer, self.side_optimizer = source, optimizer, side_optimizer
         self.controller, self.tokenizer = controller, tokenizer
         self.prompts = [row["prompt"] for row in rows]
         self.columns = [{k: v for k, v in row.items() if k != "prompt"} for row in rows]  # for reward functions
         self.scorer = PromptScorer(cfg.score_fn, cfg.eval_prompts)
+        self.second = second  # --eval-scorer: watches, never trains
         self.stats = BatchStats(accelerator)
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.local_mini = cfg.mini_batch_size // self.world  # this process's rows per minibatch
@@ -371,6 +377,8 @@ class RlLoop:
         kl_coef = self.controller.value
         local = {"kl": experience.kl.sum(dim=1).mean().item(), "response_length": mask.sum(dim=1).mean().item(),
                  **experience.metrics, **update_stats, **self.scorer.score(rollout.prompts, rollout.texts)}
+        if self.second is not None:
+            local["second_score"] = self.second.rollout_score(rollout)
         record = {"step": step + 1, **self.stats.mean_of(local), "kl_coef": kl_coef, **timings,
                   "time_step": sum(timings.values()), "peak_memory_bytes": peak_memory_bytes()}
         self.controller.update(record["kl"], cfg.rollout_batch_size)

@@ -5,6 +5,9 @@ GVM or reward model that pays for every extra token makes responses grow to the 
 policy can fool drives the KL up while the controller lags). The same guard runs for every
 algorithm: it records the response length against the starting policy's, warns once when a
 number passes half its limit, and stops the run with a clear message past the limit.
+
+A third sign needs a second scorer (`--eval-scorer`): the run's own scorer's score of its samples rising while
+the second scorer's falls. `OveroptimisationWatch` warns about it; it never stops a run.
 """
 
 from __future__ import annotations
@@ -18,22 +21,71 @@ logger = logging.getLogger(__name__)
 LENGTH_WARNING_RATIO = 1.5
 
 
+def slope(values: list[float]) -> float:
+    """The least-squares slope of `values` against 0, 1, 2, ... (per step)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean_x, mean_y = (n - 1) / 2, sum(values) / n
+    return (sum((i - mean_x) * (v - mean_y) for i, v in enumerate(values))
+            / sum((i - mean_x) ** 2 for i in range(n)))
+
+
+class OveroptimisationWatch:
+    """Warns once when, over the last `window` steps, `proxy_score` rose and `second_score` fell, each by more
+    than `threshold` (both are standardised scores, so 0.1 is a tenth of a training spread) along its
+    least-squares line. A line through a window, not two points: one rollout batch's mean is noisy."""
+
+    def __init__(self, window: int = 10, threshold: float = 0.1):
+        self.window, self.threshold = window, threshold
+        self.history: list[tuple[float, float]] = []
+        self.warned = False
+
+    def state_dict(self) -> dict:
+        return {"history": [list(pair) for pair in self.history], "warned": self.warned}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [tuple(pair) for pair in state.get("history", [])]
+        self.warned = bool(state.get("warned", False))
+
+    def check(self, record: dict) -> None:
+        if "proxy_score" not in record or "second_score" not in record:
+            return
+        self.history = [*self.history, (record["proxy_score"], record["second_score"])][-self.window:]
+        if self.warned or len(self.history) < self.window:
+            return
+        rise = slope([p for p, _ in self.history]) * (self.window - 1)
+        fall = -slope([s for _, s in self.history]) * (self.window - 1)
+        if rise > self.threshold and fall > self.threshold:
+            self.warned = True
+            logger.warning("step %d: over the last %d steps the run's own scorer rose by %.2f (proxy_score) while "
+                           "the --eval-scorer fell by %.2f (second_score): the policy is likely over-optimising its "
+                           "scorer (Gao et al. 2022); check a judge of its samples, and consider an earlier "
+                           "checkpoint, a lower --learning-rate or a higher --kl-coef", record["step"], self.window,
+                           rise, fall)
+
+
 class RunawayGuard:
     def __init__(self, max_kl: float, max_length_ratio: float, reference_length: float | None = None):
         self.max_kl, self.max_length_ratio = max_kl, max_length_ratio
         self.reference_length = reference_length
         self.warned: set[str] = set()
+        self.overoptimisation = OveroptimisationWatch()
 
     def state_dict(self) -> dict:
         """What a checkpoint keeps, so a resumed run measures lengths against the same starting policy."""
-        return {"reference_length": self.reference_length, "warned": sorted(self.warned)}
+        return {"reference_length": self.reference_length, "warned": sorted(self.warned),
+                "overoptimisation": self.overoptimisation.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.reference_length = state.get("reference_length")
         self.warned = set(state.get("warned", []))
+        self.overoptimisation.load_state_dict(state.get("overoptimisation", {}))
 
     def check(self, record: dict, where: str) -> None:
-        """Add `length_ratio` to a step's record; warn or raise `PolicyRunaway` past the limits."""
+        """Add `length_ratio` to a step's record; warn or raise `PolicyRunaway` past the limits; watch for a
+        proxy that parts from the second scorer."""
+        self.overoptimisation.check(record)
         length, kl, step = record["response_length"], record["kl"], record["step"]
         if self.reference_length is None:
             self.reference_length = length

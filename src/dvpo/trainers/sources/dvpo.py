@@ -115,17 +115,28 @@ class DvpoSource(FrozenSignalSource):
         return values, slots, moments
 
     @torch.no_grad()
-    def advantages(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Advantages:
+    def rollout_values(self, rollout: Rollout):
+        """The GVM's raw slot values [B, T+1], Q of each response token [B, T] on the `valued` ones (all but
+        those cut beyond its max_length), V(s_1) [B] and each row's moments over all its positions."""
         values, slots, moments = self.slot_values(*self.gvm_inputs(rollout))
         mask = rollout.seq.response_mask
         width = mask.shape[1]
         q = torch.zeros_like(mask)
-        valued = torch.zeros_like(mask)  # response tokens that have a value slot (all but cut-off ones)
+        valued = torch.zeros_like(mask)
         q[:, : values.shape[1] - 1] = values[:, 1: width + 1].to(mask.device)
         valued[:, : values.shape[1] - 1] = slots[:, 1: width + 1].to(mask.device)
         valued = valued * mask
-        q = q * valued
-        v_first = values[:, 0].to(mask.device)
+        return values, q * valued, valued, values[:, 0].to(mask.device), moments
+
+    def rollout_proxy(self, rollout: Rollout) -> float:
+        """`final_value` of a rollout: what this GVM, used as a second scorer (`--eval-scorer`), reports."""
+        _, q, valued, _, _ = self.rollout_values(rollout)
+        return self.final_value(q, valued, rollout)
+
+    @torch.no_grad()
+    def advantages(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Advantages:
+        values, q, valued, v_first, moments = self.rollout_values(rollout)
+        mask = rollout.seq.response_mask
         if self.normalization in ("stored", "reliability"):  # reliability: then times `weight`
             mean, std = self.gvm.meta.value_mean, self.gvm.meta.value_std
         elif self.normalization == "none":  # raw values: the units of the z-scored training scores
@@ -149,13 +160,9 @@ class DvpoSource(FrozenSignalSource):
                                        "advantage_mean": batch_mean(advantages, valued)}, mask=valued)
 
     def proxy(self, prompts: list, texts: list[str]) -> torch.Tensor:
-        """The GVM's standardised value of each text's last token (tau drawn among the other texts, as on
-        rollouts): `proxy_score` for samples drawn outside the rollout."""
-        picks = (sample_tau_sets(prompts, [None] * len(prompts), 0, self.gvm.meta.tau_pairs) if self.gvm.meta.tau
-                 else [[] for _ in prompts])
-        values = self.gvm.score(list(prompts), list(texts), taus=[[(prompts[j], texts[j]) for j in pick]
-                                                                  for pick in picks])
-        return torch.tensor([float(v[-1]) if len(v) else 0.0 for v in values])
+        """The GVM's standardised value of each text's last token (`GlobalValueModel.final_values`):
+        `proxy_score` for samples drawn outside the rollout."""
+        return self.gvm.final_values(prompts, texts)
 
     def final_value(self, q: torch.Tensor, valued: torch.Tensor, rollout: Rollout) -> float:
         """The run's proxy score: the batch mean of the GVM's value of each sample's last valued token,
