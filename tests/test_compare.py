@@ -68,6 +68,7 @@ def test_a_small_comparison_writes_the_report_and_resumes(tmp_path):
                  "seed1/dvpo/dvpo_complete.json"):
         assert (tmp_path / name).exists(), name
     assert set(report["proxy_and_gold"]) == {"dvpo", "grpo"}
+    assert all(row["second_rise"] is not None for row in report["proxy_and_gold"].values())  # each watched
     assert "Quality (Table 1)" in (tmp_path / "report.md").read_text()
     assert "Proxy against gold" in (tmp_path / "report.md").read_text()
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
@@ -95,10 +96,13 @@ def test_proxy_and_gold_rises_from_the_first_step_to_the_last(tmp_path):
     for seed, (proxy, gold) in enumerate([([0.1, 0.5, 0.9], [5.0, 5.1, 4.9]), ([0.0, 0.2, 0.5], [5.2, 5.2, 5.0])]):
         folder = tmp_path / f"seed{seed}"
         folder.mkdir()
-        (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "proxy_score": p, "score": g}) + "\n"
-                                                      for i, (p, g) in enumerate(zip(proxy, gold))))
+        second = [1.0 - p for p in proxy]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "proxy_score": p, "score": g,
+                                                                  "second_score": r}) + "\n"
+                                                      for i, (p, g, r) in enumerate(zip(proxy, gold, second))))
         runs.setdefault("dvpo", {})[seed] = folder
     table = proxy_and_gold(runs)
     assert table["dvpo"]["proxy_rise"] == pytest.approx((0.8 + 0.5) / 2)
+    assert table["dvpo"]["second_rise"] == pytest.approx(-(0.8 + 0.5) / 2)
     assert table["dvpo"]["gold_rise"] == pytest.approx((-0.1 - 0.2) / 2)
     assert plot_proxy_against_gold(runs, tmp_path / "p.png").exists()

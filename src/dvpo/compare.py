@@ -59,10 +59,13 @@ LLM_JUDGE = ("Judge: {model} at {endpoint} with the paper's Appendix D prompt (0
 
 def method_config(method: str, sft: Path, gvm: Path, rm: Path, data: Path, out: Path, budget: LabBudget,
                   seed: int):
-    """Each method's run; the four online ones share every RL setting and differ in their advantage source."""
+    """Each method's run; the online ones share every RL setting and differ in their advantage source. Each is
+    watched by the other scorer when the comparison trained it (`--eval-scorer`: the reward model for DVPO, the
+    GVM for the others), so over-optimisation shows against a second scorer as well as against the judge."""
     if method == "dpo":
         return "dpo", dpo_config(sft, data, out, budget, seed)
-    source = {"gvm": str(gvm)} if method == "dvpo" else {"reward_model": str(rm)}
+    own, other = (("gvm", gvm), rm) if method == "dvpo" else (("reward_model", rm), gvm)
+    source = {own[0]: str(own[1]), **({"eval_scorer": str(other)} if other else {})}
     return "rl", rl_config(method, sft, data, out, budget, seed, **source)
 
 

@@ -121,7 +121,7 @@ def _save(fig, out_png: Path, drawn: bool) -> Path | None:
 def plot_curves(runs: dict[str, dict[int, Path]], out_png: Path) -> Path | None:
     """Figure 3-style: held-out and training-batch judge score per RL step, mean over seeds with min-max band."""
     keys = (("eval_score", "held-out judge score"), ("score", "judge score of the rollout batch"))
-    fig, axes = plt.subplots(1, len(keys), figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, len(keys), figsize=(15, 3.8))
     drawn = False
     for ax, (key, title) in zip(axes, keys):
         for method in (m for m in ONLINE if m in runs):
@@ -141,19 +141,23 @@ def plot_curves(runs: dict[str, dict[int, Path]], out_png: Path) -> Path | None:
 
 
 def proxy_and_gold(runs: dict[str, dict[int, Path]]) -> dict[str, dict]:
-    """Per method, mean over seeds: how much its own scorer's score (`proxy_score`) and the judge's score of the
-    rollouts (`score`) rose from the first RL step to the last. A proxy that rises while the judge stays or
-    falls is a scorer being over-optimised (Gao et al. 2022)."""
+    """Per method, mean over seeds: how much its own scorer's score (`proxy_score`), the second scorer's
+    (`second_score`, when the run had `--eval-scorer`) and the judge's score of the rollouts (`score`) rose from
+    the first RL step to the last. A proxy that rises while the judge or the second scorer stays or falls is a
+    scorer being over-optimised (Gao et al. 2022)."""
     table = {}
     for method in (m for m in ONLINE if m in runs):
-        rises = {"proxy": [], "gold": []}
+        rises = {"proxy": [], "second": [], "gold": []}
         for path in runs[method].values():
             records = [r for r in _records(path / "metrics.jsonl") if "proxy_score" in r and "score" in r]
             if len(records) >= 2:
                 rises["proxy"].append(records[-1]["proxy_score"] - records[0]["proxy_score"])
                 rises["gold"].append(records[-1]["score"] - records[0]["score"])
+                if "second_score" in records[0]:
+                    rises["second"].append(records[-1]["second_score"] - records[0]["second_score"])
         if rises["proxy"]:
-            table[method] = {f"{key}_rise": statistics.fmean(values) for key, values in rises.items()}
+            table[method] = {f"{key}_rise": statistics.fmean(values) if values else None
+                             for key, values in rises.items()}
     return table
 
 
@@ -161,8 +165,9 @@ def plot_proxy_against_gold(runs: dict[str, dict[int, Path]], out_png: Path) -> 
     """Each method's proxy (its own scorer's score of its samples) and gold (the judge's) per RL step, as the
     change from the first step, mean over seeds, in the manner of Gao et al. 2022."""
     keys = (("proxy_score", "proxy: the run's own scorer (change from step 1)"),
+            ("second_score", "second scorer: --eval-scorer (change from step 1)"),
             ("score", "gold: the judge (change from step 1)"))
-    fig, axes = plt.subplots(1, len(keys), figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, len(keys), figsize=(15, 3.8))
     drawn = False
     for ax, (key, title) in zip(axes, keys):
         for method in (m for m in ONLINE if m in runs):
@@ -216,10 +221,13 @@ def format_report(report: dict) -> str:
     if report.get("proxy_and_gold"):
         lines += ["## Proxy against gold (over-optimisation)", "",
                   "Each run's own scorer (DVPO: the GVM's standardised final value; the others: the reward) against "
-                  "the judge, on the rollouts, from the first RL step to the last (mean over seeds). A proxy that "
-                  "rises while the judge does not is a scorer being over-optimised.", "",
-                  "| method | proxy rise | judge rise |", "| --- | --- | --- |",
-                  *[f"| {NAMES[m]} | {row['proxy_rise']:+.2f} | {row['gold_rise']:+.2f} |"
+                  "the second scorer (the reward model for DVPO, the GVM for the others, standardised alike; — "
+                  "where the comparison trained none) and the judge, on the rollouts, from the first RL step to the "
+                  "last (mean over seeds). A proxy that rises while the others do not is a scorer being "
+                  "over-optimised.", "",
+                  "| method | proxy rise | second scorer rise | judge rise |", "| --- | --- | --- | --- |",
+                  *[f"| {NAMES[m]} | {row['proxy_rise']:+.2f} | {_fmt(row.get('second_rise'), '+.2f')} | "
+                    f"{row['gold_rise']:+.2f} |"
                     for m, row in report["proxy_and_gold"].items()],
                   "", "![proxy against gold](proxy_gold.png)", ""]
     if report.get("gvm_accuracy"):
