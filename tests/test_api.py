@@ -135,6 +135,26 @@ def test_grpo_from_python_with_a_reward_function_and_a_callback(tiny_model, lab_
     assert (tmp_path / "grpo" / "model.safetensors").is_file()
 
 
+class StopAfter(TrainerCallback):
+    """Asks for a checkpoint after step 1 and for the end of training after step 2, as a Trainer callback would."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_save = state.global_step == 1
+        control.should_training_stop = state.global_step == 2
+
+
+def test_a_callback_can_ask_for_a_checkpoint_and_stop_the_run(tiny_model, lab_data, tmp_path):
+    trainer = dvpo.GRPOTrainer(model=str(tiny_model), reward_funcs=lambda prompts, completions, **kw: [0.0] * len(
+        completions), args=dvpo.GRPOConfig(output_dir=str(tmp_path / "grpo"), group_size=2, **{**RL_SETTINGS,
+                                                                                             "steps": 4}),
+                               train_dataset=Dataset.from_list(rows(lab_data["prompts"])[:8]), callbacks=[StopAfter()])
+    metrics = trainer.train()
+    assert metrics["step"] == 2 and [r["step"] for r in rows(tmp_path / "grpo" / "metrics.jsonl")] == [1, 2]
+    assert json.loads((tmp_path / "grpo" / "dvpo_complete.json").read_text())["steps"] == 2
+    assert (tmp_path / "grpo" / "checkpoints" / "step-1").is_dir()  # asked for, though --save-every is 100
+    assert (tmp_path / "grpo" / "model.safetensors").is_file()
+
+
 def test_trainers_refuse_what_they_cannot_use(tiny_model, lab_data, tmp_path):
     from datasets import DatasetDict
     from transformers import AutoModelForCausalLM

@@ -258,7 +258,13 @@ def train(run: RlRun, events: RlEvents | None = None) -> dict:
         if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
             raise FloatingPointError(f"non-finite metric at step {step + 1}: {record}; "
                                      f"the last good checkpoint is kept in {run.checkpointer.root}")
-        last, periodic = step + 1 == cfg.steps, (step + 1) % cfg.save_every == 0
+        stopped = events.stop_requested and step + 1 < cfg.steps
+        if stopped:
+            logger.info("a callback stopped the run after step %d of %d (control.should_training_stop)", step + 1,
+                        cfg.steps)
+            break
+        last = step + 1 == cfg.steps
+        periodic = (step + 1) % cfg.save_every == 0 or events.take_save_request()
         if periodic and not last:
             run.checkpointer.save(step + 1, run.controller, run.guard)
             events.save()
@@ -275,11 +281,12 @@ def save(run: RlRun, last_metrics: dict | None = None) -> Path:
     """The trained policy as a plain model folder (LoRA merged), its tokenizer, processes.json, metrics.png,
     and the completion marker last (with the last step's metrics)."""
     cfg, accelerator, folder = run.cfg, run.accelerator, run.folder
+    steps = (last_metrics or {}).get("step", cfg.steps)  # fewer when a callback stopped the run
     main_process = accelerator.is_main_process
     final = accelerator.unwrap_model(run.policy)
     write_process_record(folder, {"rank": accelerator.process_index, "world_size": accelerator.num_processes,
                                   "distributed_type": accelerator.distributed_type.value, "fsdp": cfg.fsdp,
-                                  "parameters_held": parameters_held(final), "rows": run.loop.my_rows(cfg.steps)},
+                                  "parameters_held": parameters_held(final), "rows": run.loop.my_rows(steps)},
                          accelerator.num_processes, main_process)
     accelerator.wait_for_everyone()
     if cfg.fsdp:
@@ -299,7 +306,7 @@ def save(run: RlRun, last_metrics: dict | None = None) -> Path:
     if run.trackers:
         accelerator.end_training()
     if main_process:
-        mark_complete(folder, stage="rl", algo=cfg.algo, steps=cfg.steps, processes=accelerator.num_processes,
+        mark_complete(folder, stage="rl", algo=cfg.algo, steps=steps, processes=accelerator.num_processes,
                       **{f"final_{key}": value for key, value in (last_metrics or {}).items() if key != "step"})
     accelerator.wait_for_everyone()
     return folder
