@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from dvpo.cli import main
@@ -79,3 +80,59 @@ def test_a_stage_runs_from_its_recipe_with_command_line_options_winning(tiny_mod
     assert saved["batch_size"] == 8 and saved["max_steps"] == 2  # the command line wins
     assert saved["learning_rate"] == recipe("gvm")["learning_rate"] and saved["tau"] == recipe("gvm")["tau"]
     assert json.loads((out / "dvpo_complete.json").read_text())["stage"] == "gvm"
+
+
+AUTHORS = REPO_RECIPES.parent / "authors"
+
+
+@pytest.mark.parametrize("stage", ["gvm", "rl"])
+def test_the_authors_recipe_holds_real_options_of_its_two_stages(stage):
+    """The authors' code trains only a value model and a policy: their recipe has those two stages."""
+    assert sorted(p.stem for p in AUTHORS.glob("*.yaml")) == ["gvm", "rl"]
+    options = yaml.safe_load((AUTHORS / f"{stage}.yaml").read_text())
+    assert set(options) <= {f.name for f in dataclasses.fields(STAGES[stage])}
+
+
+def test_the_authors_gvm_recipe_trains_on_preference_pairs_scored_plus_and_minus_one(tiny_model, lab_data, tmp_path):
+    from dvpo.trainers.gvm import rated_rows
+
+    rated = [json.loads(line) for line in lab_data["rated"].read_text().splitlines()]
+    by_prompt = {}
+    for row in rated:
+        by_prompt.setdefault(row["prompt"], []).append(row)
+    pairs = [{"prompt": p, "chosen": max(rs, key=lambda r: r["score"])["completion"],
+              "rejected": min(rs, key=lambda r: r["score"])["completion"]}
+             for p, rs in by_prompt.items() if max(r["score"] for r in rs) > min(r["score"] for r in rs)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in pairs))
+    converted = rated_rows(str(data))
+    assert len(converted) == 2 * len(pairs)
+    assert converted[0] == {"prompt": pairs[0]["prompt"], "completion": pairs[0]["chosen"], "score": 1.0}
+    assert converted[1] == {"prompt": pairs[0]["prompt"], "completion": pairs[0]["rejected"], "score": -1.0}
+    out = tmp_path / "gvm"
+    main(["gvm", "--config", str(AUTHORS / "gvm.yaml"), "--model", str(tiny_model), "--data", str(data),
+          "--out", str(out), "--max-steps", "2", "--batch-size", "8", "--max-length", "96", "--lora-r", "0",
+          "--learning-rate", "1e-3"])
+    meta = json.loads((out / "dvpo_gvm.json").read_text())
+    assert (meta["tau"], meta["td_lambda"], meta["value_normalization"]) == (False, 0.95, "none")
+    assert (meta["score_mean"], meta["score_std"]) == (0.0, 1.0)  # the ±1 labels are used as they are
+    training = torch.load(next((out / "checkpoints").glob("checkpoint-*/training_args.bin")), weights_only=False)
+    assert (training.optim.value, training.lr_scheduler_type.value) == ("adafactor", "linear")
+
+
+def test_the_authors_rl_recipe_runs_with_adafactor_and_a_linear_decay(tiny_model, lab_data, tmp_path):
+    from dvpo.trainers.rl import make_optimizer, schedule_factor
+    from transformers.optimization import Adafactor
+
+    assert [schedule_factor("linear", step, 4) for step in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    assert schedule_factor("constant", 3, 4) == 1.0
+    assert isinstance(make_optimizer(torch.nn.Linear(2, 2).parameters(), "adafactor", 1e-3), Adafactor)
+    gvm = tmp_path / "gvm"
+    main(["gvm", "--config", str(AUTHORS / "gvm.yaml"), "--model", str(tiny_model), "--data", str(lab_data["rated"]),
+          "--out", str(gvm), "--max-steps", "2", "--batch-size", "8", "--max-length", "96", "--lora-r", "0"])
+    out = tmp_path / "rl"
+    main(["rl", "--config", str(AUTHORS / "rl.yaml"), "--algo", "dvpo", "--policy", str(tiny_model), "--gvm", str(gvm),
+          "--prompts", str(lab_data["prompts"]), "--out", str(out), "--steps", "2", "--rollout-batch-size", "4",
+          "--mini-batch-size", "4", "--ppo-epochs", "1", "--max-new-tokens", "8", "--learning-rate", "1e-3"])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["learning_rate"] for r in records] == pytest.approx([1e-3, 5e-4])

@@ -9,6 +9,7 @@ from dvpo.rollout import ROLLOUT_ENGINES
 from dvpo.trainers.sources import SOURCE_NAMES
 
 DTYPE_CHOICES = ["auto", "float32", "bfloat16", "float16"]
+OPTIMIZERS = ("adamw", "adafactor")
 RECIPE_CHOICES = ["auto", "small", "smollm2"]  # folders of dvpo/recipes
 ROLLOUT_ENGINE_HELP = ("how responses are decoded: hf (transformers' generate), static (a pre-allocated KV cache "
                        "and one fixed-shape step: a CUDA graph on a GPU, prepacked oneDNN weights on a CPU) or auto "
@@ -73,6 +74,12 @@ class OfflineTrainingOptions:
     max_steps: int = option(-1, help="stop after this many optimizer steps (-1: run all epochs)")
     gradient_accumulation_steps: int = option(1, help="micro-batches per optimizer step")
     weight_decay: float = option(0.0, help="AdamW weight decay")
+    optimizer: str = option("adamw", help="adamw (torch's AdamW), or adafactor (transformers' Adafactor at the "
+                            "given learning rate, no relative step or parameter scaling: the authors' code)",
+                            choices=list(OPTIMIZERS))
+    lr_scheduler: str = option("auto", help="learning-rate schedule after warm-up: auto (the stage's own: cosine for "
+                               "sft and gvm, linear for rm and dpo, as the paper), linear, cosine or constant",
+                               choices=["auto", "linear", "cosine", "constant"])
     lora_r: int = option(0, help="LoRA rank; 0 trains all weights (paper: 8 for the RM and the GVM)")
     lora_alpha: int = option(32, help="LoRA alpha (paper: 32)")
     lora_dropout: float = option(0.1, help="LoRA dropout (paper: 0.1)")
@@ -172,7 +179,8 @@ class CompareConfig:
 @dataclass(kw_only=True)
 class GvmConfig(OfflineTrainingOptions):
     model: str = option(help="causal LM to initialise the value model from (the paper: the SFT model)")
-    data: str = option(help="rated data: prompt, completion, score, optional policy")
+    data: str = option(help="rated data: prompt, completion, score, optional policy; or preference data (prompt, "
+                       "chosen, rejected), whose pairs become two rows scored +1 and -1, as in the authors' code")
     out: str = option(help="output folder; re-running resumes from its last checkpoint")
     tau: str = option("policy", help="policy conditioning: another response of the same policy, or none",
                       choices=["policy", "none"])
@@ -262,6 +270,11 @@ class RlConfig:
     ppo_epochs: int = option(4, help="passes over each rollout batch (paper: 4)")
     learning_rate: float = option(2e-6, help="policy learning rate (paper: 2e-6)")
     critic_learning_rate: float | None = option(None, help="ppo: critic learning rate (default: --learning-rate)")
+    optimizer: str = option("adamw", help="of the policy and PPO's critic: adamw (torch's AdamW, eps 1e-5), or "
+                            "adafactor (transformers' Adafactor at the given learning rate, no relative step or "
+                            "parameter scaling: the authors' code)", choices=list(OPTIMIZERS))
+    lr_schedule: str = option("constant", help="learning rates over the run: constant, or linear decay to 0 at "
+                              "--steps (the authors' code)", choices=["constant", "linear"])
     max_new_tokens: int = option(1024, help="longest response (paper: 1024)")
     min_new_tokens: int = option(0, help="suppress eos before this many tokens (benchmarks use it for fixed lengths)")
     temperature: float = option(1.0, help="sampling temperature (log-probs use the same temperature)")

@@ -18,7 +18,9 @@ from dvpo.trainers.trackers import report_targets
 
 
 def training_arguments(cfg, folder: Path, scheduler: str, **overrides) -> TrainingArguments:
-    """Our option names mapped onto transformers' TrainingArguments (which bring resume, accelerate, DeepSpeed)."""
+    """Our option names mapped onto transformers' TrainingArguments (which bring resume, accelerate, DeepSpeed);
+    `scheduler` is the stage's own schedule, which `--lr-scheduler` may replace."""
+    scheduler = scheduler if cfg.lr_scheduler == "auto" else cfg.lr_scheduler
     bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and torch.cuda.is_available()
                                         and torch.cuda.is_bf16_supported())
     kwargs = dict(
@@ -46,6 +48,8 @@ def training_arguments(cfg, folder: Path, scheduler: str, **overrides) -> Traini
         ddp_find_unused_parameters=False,  # every trained parameter takes part in every step
     )
     kwargs.update(trainer_device_arguments())
+    if cfg.optimizer == "adafactor":  # transformers' Adafactor: no relative step, no parameter scaling
+        kwargs["optim"] = "adafactor"
     if cfg.gradient_checkpointing:
         kwargs["activation_checkpointing"] = True
     kwargs.update(overrides)

@@ -131,15 +131,31 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
+def make_optimizer(parameters, name: str, lr: float):
+    """AdamW (eps 1e-5, the N+ details), or Adafactor as the authors' code builds it: at a fixed learning rate,
+    without relative steps or parameter scaling."""
+    parameters = [p for p in parameters if p.requires_grad]
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(parameters, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
+    return torch.optim.AdamW(parameters, lr=lr, eps=1e-5)
+
+
+def schedule_factor(schedule: str, step: int, steps: int) -> float:
+    """The learning rate of 0-based `step` over the peak: constant, or linear decay to 0 at `steps` (no warm-up,
+    transformers' `get_linear_schedule_with_warmup`); a function of the step, so a resumed run needs no state."""
+    return max(0.0, 1.0 - step / steps) if schedule == "linear" else 1.0
+
+
 def prepare_models(cfg: RlConfig, accelerator, policy, source):
     """Wrap the trained modules for data parallelism (DDP or DeepSpeed); frozen ones stay as they are.
     Under --fsdp the models were sharded as they loaded and only get their optimizers. What the source
     trains beside the policy (PPO's critic) shares one optimizer."""
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                  eps=1e-5)
+    optimizer = make_optimizer(policy.parameters(), cfg.optimizer, cfg.learning_rate)
     trained = list(source.trainable)
-    side_optimizer = (torch.optim.AdamW([p for m in trained for p in m.parameters() if p.requires_grad], eps=1e-5,
-                                        lr=cfg.critic_learning_rate or cfg.learning_rate) if trained else None)
+    side_optimizer = (make_optimizer([p for m in trained for p in m.parameters()], cfg.optimizer,
+                                     cfg.critic_learning_rate or cfg.learning_rate) if trained else None)
     if cfg.fsdp:
         return policy, optimizer, side_optimizer
     if not trained:
@@ -397,6 +413,11 @@ class RlLoop:
         `live`: (log-probs, entropy) of the whole batch with their graph, when one update covers the batch.
         """
         cfg = self.cfg
+        factor = schedule_factor(cfg.lr_schedule, step, cfg.steps)
+        for optimizer, peak in ((self.optimizer, cfg.learning_rate),
+                                (self.side_optimizer, cfg.critic_learning_rate or cfg.learning_rate)):
+            for group in (optimizer.param_groups if optimizer else []):
+                group["lr"] = peak * factor
         self.policy.train()
         for trained in self.source.trainable:
             trained.train()
@@ -434,4 +455,4 @@ class RlLoop:
                                    "entropy": masked_mean(entropy, mb_mask).item(), "policy_loss": loss.item(),
                                    **value_stats}.items():
                     collected.setdefault(key, []).append(value)
-        return {k: sum(v) / len(v) for k, v in collected.items()}
+        return {"learning_rate": cfg.learning_rate * factor, **{k: sum(v) / len(v) for k, v in collected.items()}}
