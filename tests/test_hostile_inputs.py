@@ -518,3 +518,15 @@ def test_generation_cuts_prompts_longer_than_the_context_and_logs(tiny_model, tm
               "--max-new-tokens", "8"])
     assert len(out.read_text().splitlines()) == 2
     assert any("1 of 2 prompts longer than" in r.getMessage() for r in caplog.records)
+
+
+def test_a_validation_split_with_nothing_to_rank_is_one_clear_line_before_training(tiny_model, tmp_path, capsys):
+    """Every prompt's responses tie: the GVM could regress on the scores, but no checkpoint can be picked."""
+    data = tmp_path / "tied.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"sort {i} 2 1", "completion": answer, "score": 1.0}) + "\n"
+                            for i in range(20) for answer in ("1 2", "2 1")))
+    code, err = _cli(["gvm", "--model", str(tiny_model), "--data", str(data), "--out", str(tmp_path / "gvm"),
+                      "--max-steps", "2", "--batch-size", "4"], capsys)
+    assert code == 2 and "has no pair of responses to one prompt with different scores" in err
+    assert str(data) in err and "--validation-fraction" in err
+    assert not (tmp_path / "gvm" / "checkpoints").exists()

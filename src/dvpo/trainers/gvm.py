@@ -33,7 +33,7 @@ from dvpo.trainers.common import RowRecorder, maybe_lora, training_arguments, wh
 from dvpo.trainers.interrupts import StopOnSignal, raise_if_stopped
 from dvpo.trainers.metrics import MetricsFileCallback
 from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
-from dvpo.trainers.selection import PairwiseSelection, selection_arguments
+from dvpo.trainers.selection import PairwiseSelection, check_validation_pairs, selection_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ def run_gvm(cfg: GvmConfig, callbacks=()) -> Path:
     ensure_pad_token(tokenizer)
     rows, validation = split_by_prompt(rated_rows(cfg.data, cfg.split), cfg.validation_fraction,
                                        cfg.seed, source=cfg.data)
+    check_validation_pairs(validation, cfg.data, cfg.validation_fraction)
     tau_pairs = cfg.tau_pairs if cfg.tau == "policy" else 0
     scores, score_mean, score_std = normalized_scores(cfg, rows)
     # one draw of tau per pass over the data (the paper samples tau); the Trainer runs once over all draws

@@ -29,7 +29,7 @@ from dvpo.trainers.common import RowRecorder, maybe_lora, training_arguments, wh
 from dvpo.trainers.interrupts import StopOnSignal, raise_if_stopped
 from dvpo.trainers.metrics import MetricsFileCallback
 from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
-from dvpo.trainers.selection import PairwiseSelection, selection_arguments
+from dvpo.trainers.selection import PairwiseSelection, check_validation_pairs, selection_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ def score_statistics(rm: RewardModel, triples: list[tuple]) -> tuple[float, floa
 def load_pairs(source: str, split: str, mode: str, validation_fraction: float = 0.0, seed: int = 0):
     """Training rows, their pairs and the validation rows, with the counts logged; no pairs at all is an error."""
     rows, validation = split_by_prompt(load_pair_rows(source, split), validation_fraction, seed, source=source)
+    check_validation_pairs(validation, source, validation_fraction)
     pairs = pairwise_pairs(rows, mode)
     kind = row_kind(rows)
     logger.info("%s: %d %s rows -> %s%s", source, len(rows), kind, pairs.describe(),

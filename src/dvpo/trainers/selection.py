@@ -11,6 +11,19 @@ import math
 
 from transformers import Trainer
 
+from dvpo.errors import DataError
+from dvpo.eval.rm_accuracy import pairwise_pairs
+
+
+def check_validation_pairs(validation: list[dict], source: str, fraction: float) -> None:
+    """A validation split that holds no pair to rank (every prompt's responses tie or stand alone) cannot pick a
+    checkpoint: say so before training, not as an error inside the Trainer's first evaluation."""
+    if validation and not pairwise_pairs(validation).triples:
+        raise DataError(source, None, None, f"the validation split ({len(validation)} rows, --validation-fraction "
+                        f"{fraction:g}) has no pair of responses to one prompt with different scores, so "
+                        "pairwise accuracy cannot pick a checkpoint: raise --validation-fraction, or set it to 0 "
+                        "to keep the last checkpoint")
+
 
 def selection_arguments(cfg, has_validation: bool) -> dict:
     """TrainingArguments overrides: evaluate at every save and keep the best by validation accuracy."""
