@@ -43,7 +43,7 @@ def test_every_config_has_its_stage_options_and_defaults_except_what_trainers_ta
     stage = {f.name: f for f in dataclasses.fields(RlConfig)}
     api = {f.name: f for f in dataclasses.fields(dvpo.DVPOConfig)}
     assert set(stage) - set(api) == {"algo", "policy", "prompts", "out", "gvm", "reward_model", "reward_fn",
-                                     "eval_prompts", "score_fn"}
+                                     "eval_prompts", "score_fn", "eval_scorer"}
     assert set(api) - set(stage) == {"output_dir"}
     for name in api.keys() - {"output_dir"}:
         assert api[name].metadata == stage[name].metadata

@@ -53,7 +53,7 @@ def test_a_small_comparison_writes_the_report_and_resumes(tmp_path):
     overrides = ("{sft: {max_steps: 30}, gvm: {max_steps: 10}, rm: {max_steps: 10}, dpo: {max_steps: 5}, "
                  "rl: {steps: 3, eval_every: 3}}")
     command = [sys.executable, "-m", "dvpo", "compare", "--quick", "--seeds", "2", "--methods", "dvpo", "grpo",
-               "dpo", "--out", str(tmp_path), "--overrides", overrides]
+               "dpo", "--out", str(tmp_path), "--overrides", overrides, "--second-scorers"]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

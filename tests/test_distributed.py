@@ -114,15 +114,18 @@ def _rl_args(tiny_model, gvm, lab_data, out, *extra):
 
 @pytest.mark.slow
 def test_rl_dvpo_two_processes_match_one(tiny_model, tiny_gvm, lab_data, tmp_path):
-    single(_rl_args(tiny_model, tiny_gvm, lab_data, tmp_path / "one"))
-    launch("ddp.yaml", _rl_args(tiny_model, tiny_gvm, lab_data, tmp_path / "two"))
+    watched = ["--eval-scorer", str(tiny_gvm)]  # a second scorer: its numbers must span both processes too
+    single(_rl_args(tiny_model, tiny_gvm, lab_data, tmp_path / "one", *watched))
+    launch("ddp.yaml", _rl_args(tiny_model, tiny_gvm, lab_data, tmp_path / "two", *watched))
     record = processes(tmp_path / "two")
     seen = assert_disjoint_shards(record, 2)
     assert seen == set(processes(tmp_path / "one")[0]["rows"])
     one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert "second_score" in one[0] and "eval_second_score" in one[-1]
     for a, b in zip(one, two):  # the same samples, so the same batch metrics
-        for key in ("score", "kl", "response_length", "proxy_score", "gvm_value_mean", "eval_score"):
+        for key in ("score", "kl", "response_length", "proxy_score", "gvm_value_mean", "eval_score", "second_score",
+                    "eval_second_score"):
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-3), (a["step"], key)
     assert_same_training(tmp_path / "one", tmp_path / "two", tiny_model)

@@ -94,7 +94,7 @@ def test_the_authors_recipe_holds_real_options_of_its_two_stages(stage):
 
 
 def test_the_authors_gvm_recipe_trains_on_preference_pairs_scored_plus_and_minus_one(tiny_model, lab_data, tmp_path):
-    from dvpo.trainers.gvm import rated_rows
+    from dvpo.data.formats import load_scored_rows
 
     rated = [json.loads(line) for line in lab_data["rated"].read_text().splitlines()]
     by_prompt = {}
@@ -105,7 +105,7 @@ def test_the_authors_gvm_recipe_trains_on_preference_pairs_scored_plus_and_minus
              for p, rs in by_prompt.items() if max(r["score"] for r in rs) > min(r["score"] for r in rs)]
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in pairs))
-    converted = rated_rows(str(data))
+    converted = load_scored_rows(str(data))
     assert len(converted) == 2 * len(pairs)
     assert converted[0] == {"prompt": pairs[0]["prompt"], "completion": pairs[0]["chosen"], "score": 1.0}
     assert converted[1] == {"prompt": pairs[0]["prompt"], "completion": pairs[0]["rejected"], "score": -1.0}

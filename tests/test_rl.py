@@ -162,8 +162,9 @@ def _run_reward_algo(algo, tiny_model, tiny_rm, lab_data, out, *extra):
 @pytest.mark.parametrize("algo", ["dvpo", "ppo"])
 def test_the_run_s_own_scorer_as_eval_scorer_gives_its_proxy_score(algo, tiny_model, tiny_gvm, tiny_rm, lab_data,
                                                                    tmp_path):
-    """--eval-scorer re-encodes the decoded samples with the scorer's own tokenizer; given the run's own scorer
-    it must reproduce proxy_score, which the source computes from the rollout's token ids."""
+    """Given the run's own scorer, --eval-scorer must reproduce proxy_score on every rollout (it reads the same
+    token ids, tau and truncation, not the decoded text: text re-encoded would score responses cut at
+    --max-new-tokens as if they had ended) and on the held-out samples."""
     scorer = tiny_gvm if algo == "dvpo" else tiny_rm
     signal = ["--gvm", str(tiny_gvm)] if algo == "dvpo" else ["--reward-model", str(tiny_rm)]
     out = tmp_path / algo

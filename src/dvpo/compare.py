@@ -58,14 +58,15 @@ LLM_JUDGE = ("Judge: {model} at {endpoint} with the paper's Appendix D prompt (0
 
 
 def method_config(method: str, sft: Path, gvm: Path, rm: Path, data: Path, out: Path, budget: LabBudget,
-                  seed: int):
-    """Each method's run; the online ones share every RL setting and differ in their advantage source. Each is
-    watched by the other scorer when the comparison trained it (`--eval-scorer`: the reward model for DVPO, the
-    GVM for the others), so over-optimisation shows against a second scorer as well as against the judge."""
+                  seed: int, second_scorers: bool = False):
+    """Each method's run; the online ones share every RL setting and differ in their advantage source. With
+    `second_scorers`, each is watched by the other scorer when the comparison trained it (`--eval-scorer`: the
+    reward model for DVPO, the GVM for the others), so over-optimisation shows against a second scorer as well as
+    against the judge (off by default: the extra frozen model would count in every run's time and memory)."""
     if method == "dpo":
         return "dpo", dpo_config(sft, data, out, budget, seed)
     own, other = (("gvm", gvm), rm) if method == "dvpo" else (("reward_model", rm), gvm)
-    source = {own[0]: str(own[1]), **({"eval_scorer": str(other)} if other else {})}
+    source = {own[0]: str(own[1]), **({"eval_scorer": str(other)} if other and second_scorers else {})}
     return "rl", rl_config(method, sft, data, out, budget, seed, **source)
 
 
@@ -161,7 +162,8 @@ def run_compare(cfg: CompareConfig) -> dict:
     run.together(scorers)
     grid = [(seed, method) for seed in seeds for method in cfg.methods]
     outs = run.together([(f"seed{seed}-{method}",
-                          *method_config(method, sft, gvm, rm, data, root / f"seed{seed}" / method, budget, seed))
+                          *method_config(method, sft, gvm, rm, data, root / f"seed{seed}" / method, budget, seed,
+                                         cfg.second_scorers))
                          for seed, method in grid])
     runs: dict[str, dict[int, Path]] = {m: {} for m in cfg.methods}
     for (seed, method), out in zip(grid, outs):

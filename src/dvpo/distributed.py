@@ -23,6 +23,17 @@ def deepspeed_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
+def check_optimizer(name: str) -> None:
+    """Adafactor factors each weight matrix's second moment and clips its update per weight; DeepSpeed's ZeRO
+    hands the optimizer one flat slice of all weights per process, so neither would hold: refuse, before any file."""
+    if name == "adafactor" and deepspeed_requested():
+        from dvpo.errors import ConfigError
+
+        raise ConfigError("--optimizer adafactor under DeepSpeed: ZeRO hands the optimizer flat slices of the "
+                          "weights, so Adafactor would neither factor its moments nor clip per weight; use adamw, "
+                          "or DDP (configs/accelerate/ddp.yaml)")
+
+
 def on_cpu() -> bool:
     return not torch.cuda.is_available()
 

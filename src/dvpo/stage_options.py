@@ -73,7 +73,7 @@ class OfflineTrainingOptions:
     split: str = option("train", help="split, for datasets folders and Hub datasets")
     max_steps: int = option(-1, help="stop after this many optimizer steps (-1: run all epochs)")
     gradient_accumulation_steps: int = option(1, help="micro-batches per optimizer step")
-    weight_decay: float = option(0.0, help="AdamW weight decay")
+    weight_decay: float = option(0.0, help="weight decay (decoupled, of the optimizer)")
     optimizer: str = option("adamw", help="adamw (torch's AdamW), or adafactor (transformers' Adafactor at the "
                             "given learning rate, no relative step or parameter scaling: the authors' code)",
                             choices=list(OPTIMIZERS))
@@ -165,6 +165,10 @@ class CompareConfig:
     judge_endpoint: str | None = option(None, help="OpenAI-compatible endpoint of an LLM judge, for data that is "
                                         "not the lab's")
     judge_model: str | None = option(None, help="model name at --judge-endpoint")
+    second_scorers: bool = option(False, help="watch each online method with the other trained scorer "
+                                  "(--eval-scorer: the reward model for DVPO, the GVM for the others), so the "
+                                  "report shows over-optimisation against a second scorer too; each run then holds "
+                                  "one more frozen model, which its time per step and peak memory include")
     seed: int = option(0, help="seed of data, initialisation, SFT, GVM and RM; run seeds are seed..seed+N-1")
     overwrite: bool = option(False, help="start afresh instead of reusing finished runs in --out")
     jobs: int = option(0, help="independent runs trained at once, sharing the threads equally (0: one per "
@@ -207,7 +211,8 @@ class GvmConfig(OfflineTrainingOptions):
 @dataclass
 class GvmEvalConfig:
     gvm: str = option(help="GVM folder written by `dvpo gvm`")
-    data: str = option(help="held-out rated data (prompt, completion, score, optional policy)")
+    data: str = option(help="held-out rated data (prompt, completion, score, optional policy), or preference data "
+                       "(chosen +1, rejected -1)")
     split: str = option("train", help="split, for datasets folders and Hub datasets")
     output: str | None = option(None, help="also write the accuracy table as JSON here")
     batch_size: int = option(32, help="rows per forward pass")
@@ -273,7 +278,7 @@ class RlConfig:
     optimizer: str = option("adamw", help="of the policy and PPO's critic: adamw (torch's AdamW, eps 1e-5), or "
                             "adafactor (transformers' Adafactor at the given learning rate, no relative step or "
                             "parameter scaling: the authors' code)", choices=list(OPTIMIZERS))
-    lr_schedule: str = option("constant", help="learning rates over the run: constant, or linear decay to 0 at "
+    lr_scheduler: str = option("constant", help="learning rates over the run: constant, or linear decay to 0 at "
                               "--steps (the authors' code)", choices=["constant", "linear"])
     max_new_tokens: int = option(1024, help="longest response (paper: 1024)")
     min_new_tokens: int = option(0, help="suppress eos before this many tokens (benchmarks use it for fixed lengths)")

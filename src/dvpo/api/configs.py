@@ -108,7 +108,8 @@ RewardConfig = api_config("RewardConfig", RmConfig, "rm", {**OFFLINE, "eval_data
 DPOConfig = api_config("DPOConfig", DpoConfig, "dpo", OFFLINE, "Settings of `dvpo.DPOTrainer` (`dvpo dpo`).")
 
 RL_GIVEN = {"policy": "model", "prompts": "train_dataset", "gvm": "value_model", "reward_model": "reward_model",
-            "reward_fn": "reward_funcs", "eval_prompts": "eval_dataset", "score_fn": "score_fn"}
+            "reward_fn": "reward_funcs", "eval_prompts": "eval_dataset", "score_fn": "score_fn",
+            "eval_scorer": "eval_scorer"}
 
 
 def rl_config(name: str, algo: str, summary: str) -> type:

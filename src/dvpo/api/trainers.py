@@ -158,7 +158,7 @@ class RLTrainer(StageTrainer):
 
     def __init__(self, model, args=None, train_dataset=None, *, value_model=None, reward_model=None,
                  reward_funcs=None, ref_model=None, eval_dataset=None, score_fn=None, processing_class=None,
-                 callbacks=None):
+                 callbacks=None, eval_scorer=None):
         super().__init__(args, callbacks)
         if ref_model is not None:
             raise ConfigError(f"{type(self).__name__}: the reference is a frozen copy of the starting model (or "
@@ -173,6 +173,7 @@ class RLTrainer(StageTrainer):
             reward_fn=function_specs(reward_funcs),
             eval_prompts=self.inputs.rows(eval_dataset, "eval"),
             score_fn=(function_specs(score_fn) or [None])[0],
+            eval_scorer=run_folder(eval_scorer, "eval_scorer"),
         )
 
     @classmethod
@@ -194,10 +195,10 @@ class DVPOTrainer(RLTrainer):
     CONFIG = configs.DVPOConfig
 
     def __init__(self, model, value_model, args=None, train_dataset=None, ref_model=None, processing_class=None,
-                 callbacks=None, eval_dataset=None, score_fn=None):
+                 callbacks=None, eval_dataset=None, score_fn=None, eval_scorer=None):
         super().__init__(model, args, train_dataset, value_model=value_model, ref_model=ref_model,
                          eval_dataset=eval_dataset, score_fn=score_fn, processing_class=processing_class,
-                         callbacks=callbacks)
+                         callbacks=callbacks, eval_scorer=eval_scorer)
 
 
 class PPOTrainer(RLTrainer):
@@ -207,20 +208,20 @@ class PPOTrainer(RLTrainer):
     CONFIG = configs.PPOConfig
 
     def __init__(self, model, reward_model=None, reward_funcs=None, args=None, train_dataset=None, ref_model=None,
-                 processing_class=None, callbacks=None, eval_dataset=None, score_fn=None):
+                 processing_class=None, callbacks=None, eval_dataset=None, score_fn=None, eval_scorer=None):
         super().__init__(model, args, train_dataset, reward_model=reward_model, reward_funcs=reward_funcs,
                          ref_model=ref_model, eval_dataset=eval_dataset, score_fn=score_fn,
-                         processing_class=processing_class, callbacks=callbacks)
+                         processing_class=processing_class, callbacks=callbacks, eval_scorer=eval_scorer)
 
 
 class _RewardFunctionTrainer(RLTrainer):
     """ReMax, GRPO and RLOO: TRL's argument order, reward functions first."""
 
     def __init__(self, model, reward_funcs=None, reward_model=None, args=None, train_dataset=None,
-                 processing_class=None, callbacks=None, eval_dataset=None, score_fn=None):
+                 processing_class=None, callbacks=None, eval_dataset=None, score_fn=None, eval_scorer=None):
         super().__init__(model, args, train_dataset, reward_model=reward_model, reward_funcs=reward_funcs,
                          eval_dataset=eval_dataset, score_fn=score_fn, processing_class=processing_class,
-                         callbacks=callbacks)
+                         callbacks=callbacks, eval_scorer=eval_scorer)
 
 
 class GRPOTrainer(_RewardFunctionTrainer):

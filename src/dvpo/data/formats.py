@@ -166,6 +166,18 @@ def load_rows(source: str | os.PathLike, kind: str, split: str = "train") -> lis
     return rows
 
 
+def load_scored_rows(source: str | os.PathLike, split: str = "train") -> list[dict]:
+    """Rated rows as given; preference rows (told by the first row's `chosen`) as two rated rows each, the chosen
+    response scored +1 and the rejected one -1 (the DVPO authors' `process_preference`), so a GVM trains and is
+    evaluated on TRL's preference datasets too."""
+    first = load_rows(source, "prompts", split=split)[0]
+    if first.get("chosen") is None:
+        return load_rows(source, "rated", split=split)
+    return [{"prompt": row["prompt"], "completion": row[side], "score": score}
+            for row in load_rows(source, "preference", split=split)
+            for side, score in (("chosen", 1.0), ("rejected", -1.0))]
+
+
 def _kind(kind: str) -> Kind:
     if kind not in KINDS:
         raise ValueError(f"unknown row kind {kind!r}; expected one of {', '.join(KINDS)}")

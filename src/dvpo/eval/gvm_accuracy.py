@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dvpo.data.formats import load_rows
+from dvpo.data.formats import load_scored_rows
 from dvpo.data.tau import sample_tau_sets
 from dvpo.models.value_model import GlobalValueModel, load_value_model
 
@@ -66,7 +66,7 @@ def token_values(gvm: GlobalValueModel, rows: list[dict], seed: int, batch_size:
 
 def evaluate_gvm(gvm_dir: str, data: str, split: str = "train", seed: int = 0, batch_size: int = 32) -> dict:
     gvm = load_value_model(gvm_dir)
-    rows = load_rows(data, "rated", split=split)
+    rows = load_scored_rows(data, split=split)
     values = token_values(gvm, rows, seed, batch_size)
     return pairwise_accuracy([r["prompt"] for r in rows], [r["score"] for r in rows],
                              [aggregate(v) for v in values])

@@ -20,7 +20,8 @@ from dvpo.trainers.trackers import report_targets
 def training_arguments(cfg, folder: Path, scheduler: str, **overrides) -> TrainingArguments:
     """Our option names mapped onto transformers' TrainingArguments (which bring resume, accelerate, DeepSpeed);
     `scheduler` is the stage's own schedule, which `--lr-scheduler` may replace."""
-    scheduler = scheduler if cfg.lr_scheduler == "auto" else cfg.lr_scheduler
+    chosen = {"auto": scheduler, "constant": "constant_with_warmup"}  # transformers' "constant" skips warm-up
+    scheduler = chosen.get(cfg.lr_scheduler, cfg.lr_scheduler)
     bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and torch.cuda.is_available()
                                         and torch.cuda.is_bf16_supported())
     kwargs = dict(

@@ -7,15 +7,18 @@ this step and saves its policy, like a finished run)."""
 
 from __future__ import annotations
 
+import torch
 from transformers import TrainerControl, TrainerState
 
 
 class RlEvents:
     """Calls each callback's event methods with a `TrainerState` that follows the loop's steps."""
 
-    def __init__(self, callbacks, cfg, start_step: int, policy, tokenizer):
+    def __init__(self, callbacks, cfg, start_step: int, policy, tokenizer, accelerator=None):
         self.callbacks, self.cfg = list(callbacks or ()), cfg
-        self.state = TrainerState(global_step=start_step, max_steps=cfg.steps)
+        self.state = TrainerState(global_step=start_step, max_steps=cfg.steps,
+                                  is_local_process_zero=accelerator.is_local_main_process if accelerator else True,
+                                  is_world_process_zero=accelerator.is_main_process if accelerator else True)
         self.control = TrainerControl()
         self.objects = {"model": policy, "processing_class": tokenizer}
 
@@ -35,14 +38,13 @@ class RlEvents:
     def save(self) -> None:
         self._call("on_save")
 
-    def take_save_request(self) -> bool:
-        """Whether a callback asked for a checkpoint at this step (the request is then cleared)."""
-        asked, self.control.should_save = self.control.should_save, False
-        return asked
-
-    @property
-    def stop_requested(self) -> bool:
-        return self.control.should_training_stop
+    def requests(self, stats) -> tuple[bool, bool]:
+        """(stop, save): whether a callback on any process asked to end the run or for a checkpoint after this
+        step (agreed over all processes, or one would wait for the others forever); the save request is cleared."""
+        asked = torch.tensor([float(self.control.should_training_stop), float(self.control.should_save)])
+        self.control.should_save = False
+        stop, save = (stats.sum(asked) > 0).tolist()
+        return stop, save
 
     def train_end(self) -> None:
         self._call("on_train_end")

@@ -21,11 +21,11 @@ from dvpo.algos.td import (gvm_td_loss, last_token_rewards, moments_std, normali
                            score_normalizer, update_moments)
 from dvpo.stage_options import GvmConfig
 from dvpo.data.collate import pad_sequences
+from dvpo.data.formats import load_scored_rows
 from dvpo.data.splits import split_by_prompt
 from dvpo.data.tau import conditioned_on, sample_tau_sets
 from dvpo.data.tokenize import ensure_pad_token, tokenize_rows
 from dvpo.eval.gvm_accuracy import aggregate, pairwise_accuracy, token_values
-from dvpo.eval.rm_accuracy import load_pair_rows, row_kind
 from dvpo.models.loading import load_tokenizer, model_reference
 from dvpo.models.value_model import (MODEL_SUBDIR, GlobalValueModel, GvmMeta, build_value_model, gather_values,
                                      value_positions)
@@ -122,23 +122,12 @@ def normalized_scores(cfg: GvmConfig, rows: list[dict]) -> tuple[list[float], fl
     return normalize_scores(raw, mean, std).tolist(), mean, std
 
 
-def rated_rows(source: str, split: str = "train") -> list[dict]:
-    """Rated rows as given; preference rows as two rated rows each, the chosen response scored +1 and the
-    rejected one -1 (the authors' `process_preference`), so a GVM trains on TRL's preference datasets too."""
-    rows = load_pair_rows(source, split)
-    if row_kind(rows) == "rated":
-        return rows
-    logger.info("%s: %d preference pairs -> %d rated rows (chosen +1, rejected -1)", source, len(rows), 2 * len(rows))
-    return [{"prompt": row["prompt"], "completion": row[side], "score": score}
-            for row in rows for side, score in (("chosen", 1.0), ("rejected", -1.0))]
-
-
 def run_gvm(cfg: GvmConfig, callbacks=()) -> Path:
     """The whole stage; `callbacks` are transformers `TrainerCallback`s, added to the stage's own."""
     folder, resume_from = start_run(cfg)
     tokenizer = load_tokenizer(cfg.model)
     ensure_pad_token(tokenizer)
-    rows, validation = split_by_prompt(rated_rows(cfg.data, cfg.split), cfg.validation_fraction,
+    rows, validation = split_by_prompt(load_scored_rows(cfg.data, cfg.split), cfg.validation_fraction,
                                        cfg.seed, source=cfg.data)
     check_validation_pairs(validation, cfg.data, cfg.validation_fraction)
     tau_pairs = cfg.tau_pairs if cfg.tau == "policy" else 0

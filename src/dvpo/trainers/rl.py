@@ -193,7 +193,7 @@ class RlRun:
 def run_rl(cfg: RlConfig, callbacks=()) -> Path:
     """The whole stage; `callbacks` are transformers `TrainerCallback`s (see `dvpo.trainers.events`)."""
     run = set_up(cfg)
-    events = RlEvents(callbacks, cfg, run.start_step, run.policy, run.tokenizer)
+    events = RlEvents(callbacks, cfg, run.start_step, run.policy, run.tokenizer, run.accelerator)
     last_metrics = train(run, events)
     folder = save(run, last_metrics)
     events.train_end()
@@ -240,7 +240,7 @@ def train(run: RlRun, events: RlEvents | None = None) -> dict:
     """The steps from the last checkpoint on: log each, evaluate, guard against a runaway policy, checkpoint, and
     stop cleanly on a signal. Returns the last step's metrics."""
     cfg, accelerator, loop = run.cfg, run.accelerator, run.loop
-    events = events or RlEvents((), cfg, run.start_step, run.policy, run.tokenizer)
+    events = events or RlEvents((), cfg, run.start_step, run.policy, run.tokenizer, accelerator)
     events.train_begin()
     record = {}
     main_process = accelerator.is_main_process
@@ -274,13 +274,13 @@ def train(run: RlRun, events: RlEvents | None = None) -> dict:
         if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
             raise FloatingPointError(f"non-finite metric at step {step + 1}: {record}; "
                                      f"the last good checkpoint is kept in {run.checkpointer.root}")
-        stopped = events.stop_requested and step + 1 < cfg.steps
-        if stopped:
+        stop_asked, save_asked = events.requests(loop.stats)
+        if stop_asked and step + 1 < cfg.steps:
             logger.info("a callback stopped the run after step %d of %d (control.should_training_stop)", step + 1,
                         cfg.steps)
             break
         last = step + 1 == cfg.steps
-        periodic = (step + 1) % cfg.save_every == 0 or events.take_save_request()
+        periodic = (step + 1) % cfg.save_every == 0 or save_asked
         if periodic and not last:
             run.checkpointer.save(step + 1, run.controller, run.guard)
             events.save()
@@ -413,7 +413,7 @@ class RlLoop:
         `live`: (log-probs, entropy) of the whole batch with their graph, when one update covers the batch.
         """
         cfg = self.cfg
-        factor = schedule_factor(cfg.lr_schedule, step, cfg.steps)
+        factor = schedule_factor(cfg.lr_scheduler, step, cfg.steps)
         for optimizer, peak in ((self.optimizer, cfg.learning_rate),
                                 (self.side_optimizer, cfg.critic_learning_rate or cfg.learning_rate)):
             for group in (optimizer.param_groups if optimizer else []):
@@ -455,4 +455,5 @@ class RlLoop:
                                    "entropy": masked_mean(entropy, mb_mask).item(), "policy_loss": loss.item(),
                                    **value_stats}.items():
                     collected.setdefault(key, []).append(value)
-        return {"learning_rate": cfg.learning_rate * factor, **{k: sum(v) / len(v) for k, v in collected.items()}}
+        return {"learning_rate": self.optimizer.param_groups[0]["lr"],  # the rate the policy's steps used
+                **{k: sum(v) / len(v) for k, v in collected.items()}}

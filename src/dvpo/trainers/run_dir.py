@@ -43,10 +43,11 @@ def start_run(cfg) -> tuple[Path, str | None]:
     With several processes the main one prepares the folder (and deletes it under --overwrite)
     before the others look at it. Seeds every generator with the run's seed.
     """
-    from dvpo.distributed import process_state
+    from dvpo.distributed import check_optimizer, process_state
     from dvpo.trainers.trackers import report_targets
 
     report_targets(getattr(cfg, "report_to", "none"))  # a missing tracker package stops the run before any file
+    check_optimizer(getattr(cfg, "optimizer", "adamw"))
     if is_complete(cfg.out) and not cfg.overwrite:  # every process stops alike, before any waits
         raise RunComplete(Path(cfg.out))
     state = process_state()

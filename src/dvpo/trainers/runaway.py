@@ -34,7 +34,9 @@ def slope(values: list[float]) -> float:
 class OveroptimisationWatch:
     """Warns once when, over the last `window` steps, `proxy_score` rose and `second_score` fell, each by more
     than `threshold` (both are standardised scores, so 0.1 is a tenth of a training spread) along its
-    least-squares line. A line through a window, not two points: one rollout batch's mean is noisy."""
+    least-squares line. A line through a window, not two points: one rollout batch's mean is noisy. The threshold
+    assumes the two are on a standardised scale, as a GVM's values and a reward model's stored-statistics scores
+    are; reward functions (`--reward-fn`) bring their own scale."""
 
     def __init__(self, window: int = 10, threshold: float = 0.1):
         self.window, self.threshold = window, threshold

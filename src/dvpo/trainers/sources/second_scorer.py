@@ -60,7 +60,9 @@ class SecondScorer:
                     folder, self.kind, "" if same else ", another tokenizer: it reads the decoded text")
 
     def rollout_score(self, rollout: Rollout) -> float:
-        """The mean score of this process's share of a rollout batch (of the whole batch for a GVM)."""
+        """The mean score of this process's share of a rollout batch (of the whole batch for a GVM of the policy's
+        tokenizer, whose tau is drawn as the run's own GVM draws it; a GVM of another tokenizer reads the decoded
+        text, tau drawn among this process's samples)."""
         if self.kind == "gvm":
             if self.source is not None:
                 return self.source.rollout_proxy(rollout)
