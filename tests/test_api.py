@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 import dvpo
 from dvpo.cli import main
 from dvpo.errors import ConfigError
-from dvpo.pipeline import recipe
+from dvpo.recipes import recipe
 from dvpo.stage_options import GvmConfig, RlConfig
 
 GVM_SETTINGS = dict(max_steps=3, batch_size=8, learning_rate=1e-3, max_length=96, seed=3)
@@ -69,7 +69,7 @@ def test_configs_load_recipes_and_yaml_and_name_what_belongs_to_the_trainer(tmp_
     saved.write_text("learning_rat: 1.0e-3\n")
     with pytest.raises(ConfigError, match="unknown option 'learning_rat'"):
         dvpo.GVMConfig.from_yaml(saved)
-    with pytest.raises(ConfigError, match="unknown recipe"):
+    with pytest.raises(ConfigError, match="no recipe 'big' for gvm"):
         dvpo.GVMConfig.from_recipe("big")
 
 

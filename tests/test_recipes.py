@@ -12,8 +12,9 @@ import yaml
 
 from dvpo.cli import main
 from dvpo.stage_options import DpoConfig, GenerateConfig, GvmConfig, RlConfig, RmConfig, SftConfig
-from dvpo.pipeline import (DEMO, DEMO_QUICK, FULL, QUICK, RECIPE_NAMES, RECIPES, dpo_config, gvm_config, lab_budget,
-                           recipe, recipe_for, rl_config, rm_config, sft_config)
+from dvpo.pipeline import (DEMO, DEMO_QUICK, FULL, QUICK, dpo_config, gvm_config, lab_budget, rl_config, rm_config,
+                           sft_config)
+from dvpo.recipes import RECIPE_NAMES, RECIPES, recipe, recipe_for
 
 REPO_RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "small"
 STAGES = {"sft": SftConfig, "gvm": GvmConfig, "rm": RmConfig, "rl": RlConfig, "dpo": DpoConfig,

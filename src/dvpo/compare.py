@@ -28,9 +28,9 @@ from dvpo.data.formats import load_rows
 from dvpo.eval.compare_report import write_report
 from dvpo.eval.gvm_accuracy import evaluate_gvm
 from dvpo.lab.tasks import is_lab_prompt
-from dvpo.pipeline import FULL, QUICK, LabBudget, Timer, dpo_config, gvm_config, judge_model, lab_budget, prepare_lab, \
-    recipe_for, \
-    rl_config, rm_config, sft_config
+from dvpo.pipeline import (FULL, QUICK, LabBudget, Timer, dpo_config, gvm_config, judge_model, lab_budget, prepare_lab,
+                           rl_config, rm_config, sft_config)
+from dvpo.recipes import recipe_for
 from dvpo.stage_runner import StageRunner, thread_budget
 from dvpo.trainers.sources import SOURCE_NAMES
 

@@ -25,9 +25,9 @@ from dvpo.stage_options import DemoConfig
 from dvpo.eval.gvm_accuracy import evaluate_gvm, format_table
 from dvpo.eval.lab_judge import policy_scores
 from dvpo.eval.plots import plot_runs
-from dvpo.pipeline import DEMO, DEMO_QUICK, EVAL_SAMPLES, Timer, gvm_config, judge_model, lab_budget, prepare_lab, \
-    recipe_for, rl_config, \
-    rm_config, sft_config
+from dvpo.pipeline import (DEMO, DEMO_QUICK, EVAL_SAMPLES, Timer, gvm_config, judge_model, lab_budget, prepare_lab,
+                           rl_config, rm_config, sft_config)
+from dvpo.recipes import recipe_for
 from dvpo.stage_runner import StageRunner
 
 logger = logging.getLogger(__name__)

@@ -14,9 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from dvpo.options import apply_overrides
+from dvpo.recipes import from_recipe, recipe
 from dvpo.stage_options import DpoConfig, GenerateConfig, GvmConfig, RlConfig, RmConfig, SftConfig
 from dvpo.data.formats import load_rows
 from dvpo.eval.lab_judge import judge_file
@@ -27,37 +25,7 @@ from dvpo.rollout.generate import run_generate
 
 logger = logging.getLogger(__name__)
 
-
-
-RECIPE_ROOT = Path(__file__).parent / "recipes"
-RECIPES = RECIPE_ROOT / "small"
-"""The settings of every stage as YAML, one folder per recipe (also at configs/recipes/ in the repository):
-`small` for the lab's ~2M-parameter models trained from scratch, `smollm2` for the pretrained
-SmolLM2-135M-Instruct with LoRA. `dvpo <stage> --config configs/recipes/small/<stage>.yaml` trains a stage
-exactly as the demo does."""
-RECIPE_NAMES = ("small", "smollm2")
-CATALOG_RECIPES = {"smollm2-135m-instruct": "smollm2"}  # a catalog model's own recipe (`--recipe auto`)
-
-
-def recipe(stage: str, name: str = "small") -> dict:
-    """The options of one stage's recipe file."""
-    path = RECIPE_ROOT / name / f"{stage}.yaml"
-    return yaml.safe_load(path.read_text()) or {}
-
-
-def recipe_for(model: str | None, choice: str) -> str:
-    """`--recipe auto`: a catalog model's own recipe, else the lab's small one."""
-    return CATALOG_RECIPES.get(model or "", "small") if choice == "auto" else choice
-
-
 EVAL_SAMPLES = recipe("generate")["num_samples"]  # samples per held-out prompt when judging a finished model
-
-
-def from_recipe(config_cls, stage: str, changes: dict, recipe_name: str = "small", **required):
-    """A stage's config: its recipe file over the CLI defaults, then `changes` (budget, seed, paths)."""
-    config = apply_overrides(config_cls(**required), recipe(stage, recipe_name),
-                             str(RECIPE_ROOT / recipe_name / f"{stage}.yaml"))
-    return dataclasses.replace(config, **changes)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from dvpo.errors import ConfigError
 from dvpo.options import _coerce, read_options_file
-from dvpo.pipeline import RECIPE_NAMES, RECIPE_ROOT
+from dvpo.recipes import RECIPE_ROOT, recipe_file
 from dvpo.stage_options import DpoConfig, GvmConfig, RlConfig, RmConfig, SftConfig
 
 OUTPUT_DIR_HELP = "the run's folder (the CLI's --out); re-training into it resumes from its last checkpoint"
@@ -50,11 +50,14 @@ class StageArgs:
 
     @classmethod
     def from_recipe(cls, name: str = "small", **changes):
-        """The settings `dvpo demo` trains this stage with: `small` for the lab's ~2M-parameter models trained
-        from scratch, `smollm2` for the pretrained SmolLM2-135M-Instruct with LoRA (configs/recipes/)."""
-        if name not in RECIPE_NAMES:
-            raise ConfigError(f"unknown recipe {name!r} (choose from {', '.join(RECIPE_NAMES)})")
-        return cls.from_yaml(RECIPE_ROOT / name / f"{cls.RECIPE_STAGE}.yaml", **changes)
+        """A recipe's settings of this stage (configs/recipes/): `small` (what `dvpo demo` trains the lab's ~2M
+        models with), `smollm2` (the pretrained SmolLM2-135M-Instruct with LoRA), or `authors` (the DVPO authors'
+        code; GVM and RL only)."""
+        path = recipe_file(cls.RECIPE_STAGE, name)
+        if path is None:
+            have = sorted(p.parent.name for p in RECIPE_ROOT.glob(f"*/{cls.RECIPE_STAGE}.yaml"))
+            raise ConfigError(f"no recipe {name!r} for {cls.RECIPE_STAGE} (choose from {', '.join(have)})")
+        return cls.from_yaml(path, **changes)
 
     def stage_config(self, **given):
         """The `dvpo <stage>` options of this config, with what the trainer's arguments set."""

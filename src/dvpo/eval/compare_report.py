@@ -222,9 +222,9 @@ def format_report(report: dict) -> str:
         lines += ["## Proxy against gold (over-optimisation)", "",
                   "Each run's own scorer (DVPO: the GVM's standardised final value; the others: the reward) against "
                   "the second scorer (the reward model for DVPO, the GVM for the others, standardised alike; — "
-                  "without `--second-scorers`, or where the comparison trained none) and the judge, on the rollouts, from the first RL step to the "
-                  "last (mean over seeds). A proxy that rises while the others do not is a scorer being "
-                  "over-optimised.", "",
+                  "without `--second-scorers`, or where the comparison trained none) and the judge, on the "
+                  "rollouts, from the first RL step to the last (mean over seeds). A proxy that rises while the "
+                  "others do not is a scorer being over-optimised.", "",
                   "| method | proxy rise | second scorer rise | judge rise |", "| --- | --- | --- | --- |",
                   *[f"| {NAMES[m]} | {row['proxy_rise']:+.2f} | {_fmt(row.get('second_rise'), '+.2f')} | "
                     f"{row['gold_rise']:+.2f} |"
