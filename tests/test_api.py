@@ -71,6 +71,9 @@ def test_configs_load_recipes_and_yaml_and_name_what_belongs_to_the_trainer(tmp_
         dvpo.GVMConfig.from_yaml(saved)
     with pytest.raises(ConfigError, match="no recipe 'big' for gvm"):
         dvpo.GVMConfig.from_recipe("big")
+    assert dvpo.DVPOConfig.from_recipe("authors").dvpo_advantage == "authors"  # the authors' two stages
+    with pytest.raises(ConfigError, match=r"no recipe 'authors' for sft \(choose from small, smollm2\)"):
+        dvpo.SFTConfig.from_recipe("authors")
 
 
 def test_a_gvm_then_dvpo_from_python_on_a_dataset_in_memory_gives_the_cli_weights(tiny_model, lab_data, tmp_path):
