@@ -106,3 +106,28 @@ def test_proxy_and_gold_rises_from_the_first_step_to_the_last(tmp_path):
     assert table["dvpo"]["second_rise"] == pytest.approx(-(0.8 + 0.5) / 2)
     assert table["dvpo"]["gold_rise"] == pytest.approx((-0.1 - 0.2) / 2)
     assert plot_proxy_against_gold(runs, tmp_path / "p.png").exists()
+
+
+def test_judging_on_validation_moves_every_held_out_read_off_test(tmp_path):
+    """--judge-on validation: RL monitoring, the reward model's accuracy and the judge read the validation sets."""
+    import dataclasses
+
+    from dvpo.lab.make_data import make_lab_data
+    from dvpo.pipeline import QUICK, Timer, prepare_lab, rl_config, rm_config
+
+    budget = dataclasses.replace(QUICK, held_out="validation")
+    data = tmp_path / "data"
+    make_lab_data(data, seed=0, n_sft=30, n_rated=20, n_rl=20, n_test=10, n_rated_test=10)
+    rl = rl_config("ppo", tmp_path / "sft", data, tmp_path / "ppo", budget, 0, reward_model="rm")
+    assert rl.eval_prompts == str(data / "validation_prompts.jsonl")
+    assert rm_config(tmp_path / "sft", data, tmp_path / "rm", budget, 0).eval_data == str(data / "rated_validation.jsonl")
+    # A lab folder written before the validation sets existed gets them, its other files unchanged.
+    manifest = json.loads((data / "manifest.json").read_text())
+    before = (data / "test_prompts.jsonl").read_bytes()
+    (data / "validation_prompts.jsonl").unlink()
+    for key in ("validation_prompts", "rated_validation"):
+        del manifest["files"][key]
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    sized = dataclasses.replace(budget, n_sft=30, n_rated=20, n_rl=20, n_test=10)
+    prepare_lab(tmp_path, sized, 0, Timer(), base_model="m")
+    assert (data / "validation_prompts.jsonl").is_file() and (data / "test_prompts.jsonl").read_bytes() == before

@@ -92,7 +92,8 @@ def test_sft_mixture_leaves_room_for_rl(prompts):
 
 
 def test_make_lab_data_writes_all_files(lab):
-    assert set(lab) == {"sft", "rated", "preference", "prompts", "test_prompts", "rated_test", "manifest"}
+    assert set(lab) == {"sft", "rated", "preference", "prompts", "test_prompts", "rated_test", "validation_prompts",
+                        "rated_validation", "manifest"}
     manifest = json.loads(lab["manifest"].read_text())
     assert manifest["seed"] == 0
     for kind, name in manifest["files"].items():
@@ -109,15 +110,18 @@ def test_prompt_sets_disjoint_and_split_30_50_20(lab):
         "rl": [r["prompt"] for r in _read(lab["prompts"])],
         "test": [r["prompt"] for r in _read(lab["test_prompts"])],
         "rated_test": list(dict.fromkeys(r["prompt"] for r in _read(lab["rated_test"]))),
+        "validation": [r["prompt"] for r in _read(lab["validation_prompts"])],
+        "rated_validation": list(dict.fromkeys(r["prompt"] for r in _read(lab["rated_validation"]))),
     }
     everything = [p for prompts in sets.values() for p in prompts]
     assert len(everything) == len(set(everything))
+    assert len(sets["validation"]) == len(sets["test"]) and len(sets["rated_validation"]) == len(sets["rated_test"])
     train = len(sets["sft"]) + len(sets["rated"]) + len(sets["rl"])
     assert [len(sets[k]) / train for k in ("sft", "rated", "rl")] == [0.3, 0.5, 0.2]
 
 
 def test_rated_rows_cover_every_policy_and_preferences_agree(lab):
-    for kind in ("rated", "rated_test"):
+    for kind in ("rated", "rated_test", "rated_validation"):
         by_prompt = {}
         for row in _read(lab[kind]):
             by_prompt.setdefault(row["prompt"], []).append(row["policy"])
@@ -188,3 +192,10 @@ def test_score_rows_names_missing_field():
     assert score_rows([{"prompt": "repeat 1 2 3", "completion": "1 2 3"}]) == [10.0]
     with pytest.raises(ValueError, match="row 0.*completion"):
         score_rows([{"prompt": "repeat 1 2 3"}])
+
+
+def test_the_validation_sets_leave_every_earlier_set_as_it_was(lab, tmp_path):
+    """They are drawn last, so data (and results) from before they existed are reproduced exactly."""
+    without = make_lab_data(tmp_path / "without", seed=0, n_validation=0)
+    for kind in ("sft", "rated", "preference", "prompts", "test_prompts", "rated_test"):
+        assert without[kind].read_bytes() == lab[kind].read_bytes(), kind

@@ -13,6 +13,7 @@ comparison resumes it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -36,7 +37,7 @@ from dvpo.trainers.sources import SOURCE_NAMES
 
 logger = logging.getLogger(__name__)
 
-DATA_FILES = ("sft.jsonl", "rated.jsonl", "prompts.jsonl", "test_prompts.jsonl", "rated_test.jsonl")
+DATA_FILES = ("sft.jsonl", "rated.jsonl", "prompts.jsonl")  # and the held-out pair of --judge-on
 OVERRIDABLE = ("sft", "gvm", "rm", "rl", "dpo")
 NEEDS_RM = tuple(name for name in SOURCE_NAMES if name != "dvpo")  # every RL algorithm but DVPO
 
@@ -87,7 +88,7 @@ def inputs(cfg: CompareConfig, root: Path, budget: LabBudget, timer: Timer) -> t
     if cfg.data is None:
         return prepare_lab(root, budget, cfg.seed, timer, task=cfg.task, base_model=cfg.model)
     data = Path(cfg.data)
-    missing = [f for f in DATA_FILES if not (data / f).is_file()]
+    missing = [f for f in (*DATA_FILES, budget.held_out_prompts, budget.held_out_rated) if not (data / f).is_file()]
     if missing:
         raise FileNotFoundError(f"--data {data}: missing {', '.join(missing)} (write them with `dvpo lab make-data` "
                                 "or `dvpo data ultrafeedback`)")
@@ -123,20 +124,21 @@ def llm_judge(endpoint: str, judge_model_name: str, max_new_tokens: int):
     return judge
 
 
-def pick_judge(cfg: CompareConfig, data: Path, max_new_tokens: int):
+def pick_judge(cfg: CompareConfig, held_out: Path, max_new_tokens: int):
     """The lab's ground-truth judge for lab prompts; any other data needs an LLM judge endpoint."""
-    prompts = [row["prompt"] for row in load_rows(data / "test_prompts.jsonl", "prompts")]
+    prompts = [row["prompt"] for row in load_rows(held_out, "prompts")]
     if all(isinstance(p, str) and is_lab_prompt(p) for p in prompts):
         return judge_model
     if not (cfg.judge_endpoint and cfg.judge_model):
-        raise ConfigError(f"{data / 'test_prompts.jsonl'} holds prompts that are not the lab's, so the lab's "
+        raise ConfigError(f"{held_out} holds prompts that are not the lab's, so the lab's "
                           "judge cannot score them: pass --judge-endpoint and --judge-model (an LLM judge)")
     return llm_judge(cfg.judge_endpoint, cfg.judge_model, max_new_tokens)
 
 
 def run_compare(cfg: CompareConfig) -> dict:
     check_options(cfg)
-    budget = lab_budget(recipe_for(cfg.model, cfg.recipe), cfg.quick, FULL, QUICK)
+    budget = dataclasses.replace(lab_budget(recipe_for(cfg.model, cfg.recipe), cfg.quick, FULL, QUICK),
+                                 held_out=cfg.judge_on)
     root = Path(cfg.out)
     if cfg.overwrite and root.exists():
         shutil.rmtree(root)
@@ -146,7 +148,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     data, base = inputs(cfg, root, budget, timer)
     rl_settings = apply_overrides(rl_config("dvpo", base, data, root, budget, cfg.seed),
                                   cfg.overrides.get("rl", {}), "overrides: rl")
-    judge = pick_judge(cfg, data, rl_settings.max_new_tokens)
+    judge = pick_judge(cfg, data / budget.held_out_prompts, rl_settings.max_new_tokens)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     need_gvm, need_rm = "dvpo" in cfg.methods, any(m in NEEDS_RM for m in cfg.methods)
     run = StageRunner(root, cfg.overrides, total=1 + need_gvm + need_rm + len(seeds) * len(cfg.methods),
@@ -170,7 +172,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         runs[method][seed] = out
     run.close()
 
-    prompts = data / "test_prompts.jsonl"
+    prompts = data / budget.held_out_prompts
     scores: dict[str, dict[int, dict]] = {"sft": {}, **{m: {} for m in cfg.methods}}
     for seed in tqdm(seeds, desc="judge", unit="seed"):
         # Generations live in their model's run folder, so a retrained run is never judged by old samples.
@@ -179,7 +181,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         for method in cfg.methods:
             scores[method][seed] = judge(runs[method][seed], prompts, runs[method][seed] / "generations.jsonl",
                                          baseline, seed, timer)
-    gvm_accuracy = evaluate_gvm(str(gvm), str(data / "rated_test.jsonl"), seed=cfg.seed) if gvm else None
+    gvm_accuracy = evaluate_gvm(str(gvm), str(data / budget.held_out_rated), seed=cfg.seed) if gvm else None
     rm_accuracy = json.loads((rm / "dvpo_complete.json").read_text()).get("eval_accuracy") if rm else None
     dpo = dpo_config(base, data, root, budget, cfg.seed)
     settings = LAB_SETTINGS.format(
@@ -194,5 +196,9 @@ def run_compare(cfg: CompareConfig) -> dict:
                  "torch thread(s) each, so times per step are of that sharing.")
     if cfg.overrides:
         settings += f" Overrides of these settings: {json.dumps(cfg.overrides)}."
+    if cfg.judge_on == "validation":
+        settings += (f" Judged, monitored and scorer accuracy measured on the validation sets "
+                     f"({budget.held_out_prompts}, {budget.held_out_rated}), not on test: numbers for choosing "
+                     "settings, not results.")
     return write_report(root, cfg, budget, seeds, scores, runs, gvm_accuracy, rm_accuracy,
                         {**run.seconds, **timer.seconds}, settings)

@@ -9,6 +9,7 @@ real models.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -40,9 +41,22 @@ class LabBudget:
     stage_changes: dict = field(default_factory=dict)
     size: str = "small"
     recipe: str = "small"
+    held_out: str = "test"  # what judges, RL monitoring and scorer accuracy read: "test" or "validation"
 
     def changes(self, stage: str) -> dict:
         return dict(self.stage_changes.get(stage, {}))
+
+    @property
+    def held_out_prompts(self) -> str:
+        return HELD_OUT_FILES[self.held_out][0]
+
+    @property
+    def held_out_rated(self) -> str:
+        return HELD_OUT_FILES[self.held_out][1]
+
+
+HELD_OUT_FILES = {"test": ("test_prompts.jsonl", "rated_test.jsonl"),
+                  "validation": ("validation_prompts.jsonl", "rated_validation.jsonl")}
 
 
 FULL = LabBudget(n_sft=3000, n_rated=5000, n_rl=2000, n_test=200)
@@ -91,7 +105,8 @@ def prepare_lab(root: Path, budget: LabBudget, seed: int, timer: Timer, task: st
     """Data of lab task `task` and, unless a `base_model` is given, a fresh tokenizer + Llama under `root` (kept
     when already there); returns (data, base model)."""
     data, init_dir = root / "data", root / "init"
-    if not (data / "manifest.json").exists():
+    if "validation_prompts" not in (json.loads((data / "manifest.json").read_text())["files"]
+                                    if (data / "manifest.json").exists() else {}):  # validation sets came later
         timer("make-data", make_lab_data, data, seed=seed, n_sft=budget.n_sft, n_rated=budget.n_rated,
               n_rl=budget.n_rl, n_test=budget.n_test, n_rated_test=budget.n_test, task=task)
     if base_model:
@@ -114,7 +129,7 @@ def gvm_config(sft: Path, data: Path, out: Path, budget: LabBudget, seed: int) -
 
 def rm_config(sft: Path, data: Path, out: Path, budget: LabBudget, seed: int) -> RmConfig:
     return from_recipe(RmConfig, "rm", {**budget.changes("rm"), "seed": seed,
-                                        "eval_data": str(data / "rated_test.jsonl")}, budget.recipe,
+                                        "eval_data": str(data / budget.held_out_rated)}, budget.recipe,
                        model=str(sft), data=str(data / "rated.jsonl"), out=str(out))
 
 
@@ -123,9 +138,9 @@ def rl_config(algo: str, sft: Path, data: Path, out: Path, budget: LabBudget, se
     On lab data the lab's judge is the loop's monitoring score (on rollouts, and on the held-out prompts six
     times a run); other data has no such score."""
     steps = budget.changes("rl").get("steps", recipe("rl", budget.recipe)["steps"])
-    test_prompts = data / "test_prompts.jsonl"
-    monitor = ({"score_fn": LAB_SCORE_FN, "eval_every": max(1, steps // 6), "eval_prompts": str(test_prompts)}
-               if all(is_lab_prompt(row["prompt"]) for row in load_rows(test_prompts, "prompts")) else {})
+    held_out = data / budget.held_out_prompts
+    monitor = ({"score_fn": LAB_SCORE_FN, "eval_every": max(1, steps // 6), "eval_prompts": str(held_out)}
+               if all(is_lab_prompt(row["prompt"]) for row in load_rows(held_out, "prompts")) else {})
     return from_recipe(RlConfig, "rl", {**budget.changes("rl"), "seed": seed, **monitor, **source}, budget.recipe,
                        algo=algo, policy=str(sft), prompts=str(data / "prompts.jsonl"), out=str(out))
 

@@ -165,6 +165,10 @@ class CompareConfig:
     judge_endpoint: str | None = option(None, help="OpenAI-compatible endpoint of an LLM judge, for data that is "
                                         "not the lab's")
     judge_model: str | None = option(None, help="model name at --judge-endpoint")
+    judge_on: str = option("test", help="held-out prompts that judge the methods, monitor the RL runs and measure "
+                           "the GVM's and the reward model's accuracy: test (the report's numbers) or validation "
+                           "(a second held-out set of the lab, for choosing settings without looking at test)",
+                           choices=["test", "validation"])
     second_scorers: bool = option(False, help="watch each online method with the other trained scorer "
                                   "(--eval-scorer: the reward model for DVPO, the GVM for the others), so the "
                                   "report shows over-optimisation against a second scorer too; each run then holds "

@@ -26,6 +26,7 @@ def make_lab_data(
     n_rl: int = 800,
     n_test: int = 200,
     n_rated_test: int = 200,
+    n_validation: int | None = None,
     rating_noise: float = 0.5,
     sft_mix: dict[str, float] | None = None,
     min_len: int | None = None,
@@ -34,12 +35,13 @@ def make_lab_data(
 ) -> dict[str, Path]:
     """Write the data set of lab task `task` into `out_dir`; returns the path of each file by kind.
 
-    The default counts follow the paper's split of training prompts: 30% SFT, 50% rated
-    (reward/value learning), 20% RL. Test and rated-test prompts are held out, and all prompt
-    sets are pairwise disjoint. Rated scores are the ground-truth judge plus Gaussian
-    annotator noise of std `rating_noise`. `sft_mix` defaults to the task's mixture, and the prompt
-    sizes `min_len`..`max_len` (in the task's unit) to the task's. Output is a function of the
-    arguments alone.
+    The default counts follow the paper's split of training prompts: 30% SFT, 50% rated (reward/value learning),
+    20% RL. Test and rated-test prompts are held out, and so are validation and rated-validation prompts
+    (`n_validation` each, default `n_test`) for choosing settings without looking at the test sets (`dvpo
+    compare --judge-on validation`); all prompt sets are pairwise disjoint. Rated scores are the ground-truth
+    judge plus Gaussian annotator noise of std `rating_noise`. `sft_mix` defaults to the task's mixture, and the
+    prompt sizes `min_len`..`max_len` (in the task's unit) to the task's. Output is a function of the arguments
+    alone.
     """
     lab = get_task(task)
     policies = lab.policies
@@ -55,7 +57,10 @@ def make_lab_data(
     prompt_rng = random.Random(f"lab-prompts-{seed}")
     taken: set[str] = set()
     sets = {}
-    for name, n in [("test", n_test), ("rated_test", n_rated_test), ("sft", n_sft), ("rated", n_rated), ("rl", n_rl)]:
+    n_validation = n_test if n_validation is None else n_validation
+    # Validation sets last: adding them left every earlier set (and so every earlier result) as it was.
+    for name, n in [("test", n_test), ("rated_test", n_rated_test), ("sft", n_sft), ("rated", n_rated), ("rl", n_rl),
+                    ("validation", n_validation), ("rated_validation", n_validation)]:
         sets[name] = lab.sample_prompts(n, prompt_rng, exclude=taken, min_len=min_len, max_len=max_len)
         taken.update(sets[name])
 
@@ -68,6 +73,8 @@ def make_lab_data(
 
     rated = _rated_rows(sets["rated"], random.Random(f"lab-rated-{seed}"), rating_noise, lab)
     rated_test = _rated_rows(sets["rated_test"], random.Random(f"lab-rated-test-{seed}"), rating_noise, lab)
+    rated_validation = _rated_rows(sets["rated_validation"], random.Random(f"lab-rated-validation-{seed}"),
+                                   rating_noise, lab)
     preference, skipped = _preference_rows(rated)
     if skipped:
         logger.info("lab preference pairs: skipped %d of %d prompts whose best and worst responses tie", skipped, len(sets["rated"]))
@@ -79,6 +86,8 @@ def make_lab_data(
         "prompts": ("prompts.jsonl", [{"prompt": p} for p in sets["rl"]]),
         "test_prompts": ("test_prompts.jsonl", [{"prompt": p} for p in sets["test"]]),
         "rated_test": ("rated_test.jsonl", rated_test),
+        "validation_prompts": ("validation_prompts.jsonl", [{"prompt": p} for p in sets["validation"]]),
+        "rated_validation": ("rated_validation.jsonl", rated_validation),
     }
     paths = {kind: out / name for kind, (name, _) in files.items()}
     counts = {kind: write_jsonl(paths[kind], rows) for kind, (_, rows) in files.items()}
