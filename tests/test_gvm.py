@@ -197,3 +197,30 @@ def test_lora_gvm_saves_an_adapter_and_loads(tiny_model, easy_gvm, tmp_path):
     gvm = load_value_model(tmp_path / "g")
     assert gvm.meta.lora and not gvm.meta.tau
     assert gvm.score(["sort 3 1 2"], ["1 2 3"])[0].shape == (4,)
+
+
+def test_a_lora_gvm_moved_with_its_base_still_loads(tiny_model, easy_gvm, tmp_path):
+    """A LoRA GVM records its base by absolute path and relative to itself: a run tree copied whole loads."""
+    import shutil
+
+    tree = tmp_path / "runs"
+    shutil.copytree(tiny_model, tree / "sft")
+    main(["gvm", "--model", str(tree / "sft"), "--data", str(easy_gvm / "test.jsonl"), "--out", str(tree / "gvm"),
+          "--max-steps", "1", "--batch-size", "8", "--lora-r", "4", "--tau", "none"])
+    before = load_value_model(tree / "gvm").score(["sort 3 1 2"], ["1 2 3"])[0]
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(tree), str(moved))
+    gvm = load_value_model(moved / "gvm")
+    assert gvm.meta.base_model == str((moved / "sft").resolve())
+    torch.testing.assert_close(gvm.score(["sort 3 1 2"], ["1 2 3"])[0], before)
+
+
+def test_a_catalog_model_is_recorded_by_its_name(tmp_path, monkeypatch):
+    from dvpo.models.catalog import cached_folder
+    from dvpo.models.loading import model_reference
+
+    monkeypatch.setenv("DVPO_CACHE", str(tmp_path))
+    folder = cached_folder("smollm2-135m-instruct")
+    folder.mkdir(parents=True)
+    assert model_reference(str(folder)) == "smollm2-135m-instruct"
+    assert model_reference(str(tmp_path)) == str(tmp_path.resolve())

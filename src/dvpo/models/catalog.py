@@ -143,6 +143,13 @@ def get_model(name: str, cache: str | Path | None = None, wheel: str | Path | No
     return folder
 
 
+def catalog_name_of(path: str | Path) -> str | None:
+    """The catalog name whose cached folder (in the default cache) `path` is, else None: a trained model records
+    that name as its base, so its folder still loads on a machine whose cache lies elsewhere."""
+    resolved = Path(path).resolve()
+    return next((name for name in CATALOG if cached_folder(name).resolve() == resolved), None)
+
+
 def resolve_model_name(path: str) -> str:
     """A catalog name as its cached folder (fetched on first use); anything else unchanged."""
     if path not in CATALOG:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import ClassVar
@@ -15,16 +16,28 @@ from dvpo.data.tokenize import truncate
 
 
 class StageMeta:
-    """Mixin for a dataclass saved as `FILE` beside a trained model: the options it needs to be used as trained."""
+    """Mixin for a dataclass saved as `FILE` beside a trained model: the options it needs to be used as trained.
+
+    A local base model (`base_model`, an absolute path) is also recorded relative to the folder, and used when
+    the absolute path is gone: a run tree copied or moved whole (SFT beside its GVM) still loads."""
 
     FILE: ClassVar[str]
 
     def save(self, folder: Path) -> None:
-        (Path(folder) / self.FILE).write_text(json.dumps(asdict(self), indent=2))
+        record = asdict(self)
+        base = record.get("base_model")
+        if base and Path(base).is_absolute() and Path(base).exists():
+            record["base_model_relative"] = os.path.relpath(base, Path(folder).resolve())
+        (Path(folder) / self.FILE).write_text(json.dumps(record, indent=2))
 
     @classmethod
     def load(cls, folder: Path):
-        return cls(**json.loads((Path(folder) / cls.FILE).read_text()))
+        record = json.loads((Path(folder) / cls.FILE).read_text())
+        relative, base = record.pop("base_model_relative", None), record.get("base_model")
+        if relative and base and Path(base).is_absolute() and not Path(base).exists() \
+                and (Path(folder) / relative).exists():
+            record["base_model"] = str((Path(folder) / relative).resolve())
+        return cls(**record)
 
 
 class FrozenScorer:

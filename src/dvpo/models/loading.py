@@ -145,9 +145,15 @@ def resolve_model(path: str) -> str:
 
 
 def model_reference(path: str) -> str:
-    """How a trained model records its base: an absolute path for a local folder, else the Hub id."""
+    """How a trained model records its base: a catalog model's name (fetched on first use wherever the folder is
+    loaded), an absolute path for another local folder (`StageMeta` adds one relative to the trained folder, so a
+    copied run tree still loads), else the Hub id."""
+    from dvpo.models.catalog import catalog_name_of
+
     path = resolve_model(path)
-    return str(Path(path).resolve()) if Path(path).exists() else path
+    if not Path(path).exists():
+        return path
+    return catalog_name_of(path) or str(Path(path).resolve())
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
