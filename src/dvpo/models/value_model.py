@@ -187,7 +187,7 @@ def value_model_around(backbone, base_path: str):
     The model is built on the meta device, so no second decoder is ever allocated; the decoder is
     then swapped in and a real head added (a LoRA GVM's adapter file holds the trained head).
     """
-    config = AutoConfig.from_pretrained(base_path, num_labels=1)
+    config = AutoConfig.from_pretrained(resolve_model(base_path), num_labels=1)  # a catalog name, a folder, a Hub id
     config.classifier_dropout = 0.0
     with torch.device("meta"):
         shell = AutoModelForTokenClassification.from_config(config)
