@@ -158,6 +158,38 @@ def test_a_callback_can_ask_for_a_checkpoint_and_stop_the_run(tiny_model, lab_da
     assert (tmp_path / "grpo" / "model.safetensors").is_file()
 
 
+class FailAtStep(TrainerCallback):
+    """Stands in for a crash after step `step` (the checkpoint of step `step - 1` is on disk)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise RuntimeError("crash")
+
+
+class HistoryAtEnd(TrainerCallback):
+    def on_train_end(self, args, state, control, **kwargs):
+        self.steps = [record["step"] for record in state.log_history]
+
+
+def test_a_resumed_run_gives_its_callbacks_the_whole_history(tiny_model, lab_data, tmp_path):
+    """As a Trainer restores trainer_state.json, the RL loop restores the callbacks' TrainerState."""
+    def trainer(callback):
+        return dvpo.GRPOTrainer(model=str(tiny_model), reward_funcs=lambda prompts, completions, **kw: [0.0] * len(
+            completions), args=dvpo.GRPOConfig(output_dir=str(tmp_path / "grpo"), group_size=2,
+                                               **{**RL_SETTINGS, "steps": 4, "save_every": 2}),
+            train_dataset=Dataset.from_list(rows(lab_data["prompts"])[:8]), callbacks=[callback])
+
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer(FailAtStep(3)).train()
+    assert (tmp_path / "grpo" / "checkpoints" / "step-2" / "trainer_state.json").is_file()
+    history = HistoryAtEnd()
+    trainer(history).train()
+    assert history.steps == [1, 2, 3, 4]
+
+
 def test_trainers_refuse_what_they_cannot_use(tiny_model, lab_data, tmp_path):
     from datasets import DatasetDict
     from transformers import AutoModelForCausalLM

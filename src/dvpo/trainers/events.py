@@ -3,7 +3,8 @@ Trainer (or TRL's) watches an RL run too: `on_train_begin`, `on_step_end` and `o
 metrics (`metrics=` and `logs=`, the names of metrics.jsonl), `on_save` after each checkpoint and
 `on_train_end`. `args` is the run's config, not a `TrainingArguments`. As in the Trainer, a callback may set
 `control.should_save` (a checkpoint after this step) or `control.should_training_stop` (the run ends after
-this step and saves its policy, like a finished run)."""
+this step and saves its policy, like a finished run). A resumed run continues the checkpoint's
+`TrainerState`, so `state.log_history` holds every step since the start."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from transformers import TrainerControl, TrainerState
 class RlEvents:
     """Calls each callback's event methods with a `TrainerState` that follows the loop's steps."""
 
-    def __init__(self, callbacks, cfg, start_step: int, policy, tokenizer, accelerator=None):
+    def __init__(self, callbacks, cfg, start_step: int, policy, tokenizer, accelerator=None,
+                 restored: TrainerState | None = None):
         self.callbacks, self.cfg = list(callbacks or ()), cfg
-        self.state = TrainerState(global_step=start_step, max_steps=cfg.steps,
-                                  is_local_process_zero=accelerator.is_local_main_process if accelerator else True,
-                                  is_world_process_zero=accelerator.is_main_process if accelerator else True)
+        self.state = restored or TrainerState()
+        self.state.global_step, self.state.max_steps = start_step, cfg.steps
+        self.state.log_history = [r for r in self.state.log_history if r.get("step", 0) <= start_step]
+        self.state.is_local_process_zero = accelerator.is_local_main_process if accelerator else True
+        self.state.is_world_process_zero = accelerator.is_main_process if accelerator else True
         self.control = TrainerControl()
         self.objects = {"model": policy, "processing_class": tokenizer}
 

@@ -183,6 +183,7 @@ class RlRun:
     checkpointer: RlCheckpointer
     loop: "RlLoop"
     start_step: int
+    trainer_state: object  # the callbacks' TrainerState of the restored checkpoint, or None
     trackers: list | None
 
     @property
@@ -193,7 +194,8 @@ class RlRun:
 def run_rl(cfg: RlConfig, callbacks=()) -> Path:
     """The whole stage; `callbacks` are transformers `TrainerCallback`s (see `dvpo.trainers.events`)."""
     run = set_up(cfg)
-    events = RlEvents(callbacks, cfg, run.start_step, run.policy, run.tokenizer, run.accelerator)
+    events = RlEvents(callbacks, cfg, run.start_step, run.policy, run.tokenizer, run.accelerator,
+                     run.trainer_state)
     last_metrics = train(run, events)
     folder = save(run, last_metrics)
     events.train_end()
@@ -228,19 +230,19 @@ def set_up(cfg: RlConfig) -> RlRun:
     sharded = [(policy, optimizer), *((module, side_optimizer) for module in source.trainable)]
     checkpointer = RlCheckpointer(folder, cfg.keep_checkpoints, accelerator, sharded if cfg.fsdp else [])
     guard = RunawayGuard(cfg.max_kl, cfg.max_length_ratio)
-    start_step = checkpointer.restore(controller, guard)
+    start_step, trainer_state = checkpointer.restore(controller, guard)
     second = SecondScorer(cfg.eval_scorer, accelerator.device, cfg.dtype, tokenizer) if cfg.eval_scorer else None
     loop = RlLoop(cfg, accelerator, policy, reference, source, optimizer, side_optimizer, controller, tokenizer,
                   rows, second)
     return RlRun(cfg, accelerator, folder, tokenizer, policy, controller, guard, checkpointer, loop, start_step,
-                 trackers)
+                 trainer_state, trackers)
 
 
 def train(run: RlRun, events: RlEvents | None = None) -> dict:
     """The steps from the last checkpoint on: log each, evaluate, guard against a runaway policy, checkpoint, and
     stop cleanly on a signal. Returns the last step's metrics."""
     cfg, accelerator, loop = run.cfg, run.accelerator, run.loop
-    events = events or RlEvents((), cfg, run.start_step, run.policy, run.tokenizer, accelerator)
+    events = events or RlEvents((), cfg, run.start_step, run.policy, run.tokenizer, accelerator, run.trainer_state)
     events.train_begin()
     record = {}
     main_process = accelerator.is_main_process
@@ -282,12 +284,12 @@ def train(run: RlRun, events: RlEvents | None = None) -> dict:
         last = step + 1 == cfg.steps
         periodic = (step + 1) % cfg.save_every == 0 or save_asked
         if periodic and not last:
-            run.checkpointer.save(step + 1, run.controller, run.guard)
+            run.checkpointer.save(step + 1, run.controller, run.guard, events.state)
             events.save()
         signum = None if last else STOP.requested()
         if signum:
             if not periodic:
-                run.checkpointer.save(step + 1, run.controller, run.guard)
+                run.checkpointer.save(step + 1, run.controller, run.guard, events.state)
                 events.save()
             raise RunInterrupted(signum, step + 1, run.checkpointer.root)
     return record
@@ -317,8 +319,9 @@ def save(run: RlRun, last_metrics: dict | None = None) -> Path:
             final.save_pretrained(folder, state_dict=state)
     if main_process:
         run.tokenizer.save_pretrained(folder)
-        plot_metrics(run.metrics_path, ("score", "eval_score", "proxy_score", "second_score", "kl", "kl_coef", "entropy",
-                                        "response_length", "length_ratio", "clip_frac"), folder / "metrics.png")
+        plot_metrics(run.metrics_path, ("score", "eval_score", "proxy_score", "second_score", "kl", "kl_coef",
+                                        "entropy", "response_length", "length_ratio", "clip_frac"),
+                     folder / "metrics.png")
     if run.trackers:
         accelerator.end_training()
     if main_process:

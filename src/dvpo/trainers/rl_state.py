@@ -4,8 +4,10 @@ A checkpoint is accelerate's `save_state` (every prepared model and optimizer, D
 shards included, and each process's RNG states) plus the step and the KL controller; models
 sharded with FSDP outside accelerate are saved as full state dicts (torch.distributed.checkpoint). The
 prompt position and the sampling and shuffling noise are functions of the step, so nothing
-else is needed. Every process writes into a temporary folder that the main process renames
-once all are done, so a crash never leaves a half-written checkpoint; only the last N are kept.
+else is needed. The callbacks' `TrainerState` (its log history) travels as trainer_state.json, as in a
+Hugging Face Trainer checkpoint, so a resumed run's callbacks see every step, not only the new ones.
+Every process writes into a temporary folder that the main process renames once all are done, so a crash
+never leaves a half-written checkpoint; only the last N are kept.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from pathlib import Path
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from transformers import TrainerState
 
 from dvpo.trainers.run_dir import CHECKPOINTS
 
 META_FILE = "meta.json"
+TRAINER_STATE_FILE = "trainer_state.json"
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ class RlCheckpointer:
         done = [p for p in self.root.glob("step-*") if (p / META_FILE).is_file()]
         return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
-    def save(self, step: int, controller, guard) -> Path:
+    def save(self, step: int, controller, guard, trainer_state: TrainerState) -> Path:
         final = self.root / f"step-{step}"
         tmp = self.root / f".tmp-step-{step}"
         main = self.accelerator.is_main_process
@@ -60,6 +64,7 @@ class RlCheckpointer:
             (tmp / META_FILE).write_text(json.dumps({"step": step, "controller": controller.state_dict(),
                                                      "guard": guard.state_dict(),
                                                      "processes": self.accelerator.num_processes}))
+            trainer_state.save_to_json(str(tmp / TRAINER_STATE_FILE))
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             for old in self._existing()[: max(len(self._existing()) - self.keep, 0)]:
@@ -67,12 +72,12 @@ class RlCheckpointer:
         self.accelerator.wait_for_everyone()
         return final
 
-    def restore(self, controller, guard) -> int:
+    def restore(self, controller, guard) -> tuple[int, TrainerState | None]:
         """Loads the newest checkpoint if there is one (the KL controller's and the runaway guard's state with
-        it); returns the step to continue from."""
+        it); returns the step to continue from and the callbacks' saved `TrainerState` (None without one)."""
         existing = self._existing()
         if not existing:
-            return 0
+            return 0, None
         latest = existing[-1]
         logger.info("resuming from %s", latest)
         self.accelerator.load_state(str(latest))
@@ -84,4 +89,5 @@ class RlCheckpointer:
         meta = json.loads((latest / META_FILE).read_text())
         controller.load_state_dict(meta["controller"])
         guard.load_state_dict(meta.get("guard", {}))
-        return int(meta["step"])
+        saved_state = latest / TRAINER_STATE_FILE
+        return int(meta["step"]), TrainerState.load_from_json(str(saved_state)) if saved_state.is_file() else None
