@@ -222,3 +222,14 @@ def test_the_api_example_runs_as_written(tmp_path):
                  "GRPO (reward function): judge"):
         assert line in done.stdout
     assert all((tmp_path / run / "dvpo_complete.json").is_file() for run in ("sft", "gvm", "dvpo", "gvm_fn", "grpo"))
+
+
+def test_configs_import_no_torch():
+    """A config, its help and its recipes are plain dataclasses: a notebook builds one in a fraction of a second."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dvpo; cfg = dvpo.DVPOConfig.from_recipe('small', output_dir='o'); "
+            "assert cfg.dvpo_advantage and 'torch' not in sys.modules and 'transformers' not in sys.modules; "
+            "dvpo.GRPOTrainer; assert 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
