@@ -183,7 +183,7 @@ def test_gvm_inputs_of_a_long_rollout_keep_the_prompt_end(short_gvm):
     texts = [tok.decode(r) for r in responses]
     rollout = Rollout(seq, prompts, texts, prompts, texts, 0, BatchStats())
     for advantage in ("value", "difference", "gae"):
-        source = DvpoSource(gvm, advantage, "batch", gamma=1.0, lam=0.95, kl_in_reward=False)
+        source = DvpoSource(gvm, advantage, "batch", gamma=1.0, lam=0.95)
         ids, attention, starts, lengths = source.gvm_inputs(rollout)
         assert attention.sum(1).max() <= GVM_MAX_LENGTH
         assert lengths.tolist() == [GVM_MAX_LENGTH, 4]  # the long response: max_length - 1 tokens + V(s_1)
@@ -296,8 +296,7 @@ def test_dvpo_whitens_only_the_tokens_its_gvm_values(tiny_model, short_gvm, lab_
     folder, _ = short_gvm
     tokenizer, policy = load_tokenizer(str(tiny_model)), load_causal_lm(str(tiny_model)).eval()
     rollout = hand_rollout(tokenizer, PROMPTS[:4], [LONG, "1 2", LONG, "3"])
-    source = DvpoSource(load_value_model(folder, device="cpu"), "gae", "stored", gamma=1.0, lam=0.95,
-                        kl_in_reward=False)
+    source = DvpoSource(load_value_model(folder, device="cpu"), "gae", "stored", gamma=1.0, lam=0.95)
     maker = ExperienceMaker(policy, policy, source, BatchStats(), temperature=1.0, rows=4, whiten=True,
                             one_update=False)
     experience, _ = maker.make(rollout, kl_coef=0.0)

@@ -365,7 +365,7 @@ def test_dvpo_reliability_advantages_are_the_stored_ones_times_the_weight(advant
     kl = torch.zeros(2, width)
 
     def advantages(normalization, weight=1.0):
-        source = DvpoSource(gvm, advantage, normalization, gamma=1.0, lam=0.95, kl_in_reward=False, weight=weight)
+        source = DvpoSource(gvm, advantage, normalization, gamma=1.0, lam=0.95, weight=weight)
         return source.advantages(rollout, kl, kl_coef=0.0).advantages
 
     stored = advantages("stored")

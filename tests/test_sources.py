@@ -169,7 +169,7 @@ def test_dvpo_reads_tau_from_another_prompt_and_values_every_response_token(tiny
     gvm = load_value_model(tiny_gvm, device="cpu")
     assert gvm.meta.tau
     rollout = hand_rollout(tokenizer, PROMPTS, RESPONSES)
-    source = DvpoSource(gvm, "value", "none", gamma=1.0, lam=0.95, kl_in_reward=False)
+    source = DvpoSource(gvm, "value", "none", gamma=1.0, lam=0.95)
     ids, attention, starts, lengths = source.gvm_inputs(rollout)
     mask = rollout.seq.response_mask
     advantages = source.advantages(rollout, torch.zeros_like(mask), kl_coef=0.0).advantages
@@ -199,7 +199,7 @@ def test_ppo_gae_runs_over_the_critic_with_the_score_on_the_last_token(tiny_mode
     mask = rollout.seq.response_mask
     kl = torch.rand(mask.shape, generator=torch.Generator().manual_seed(0)) * mask
     beta, lam = 0.3, 0.9
-    exp = PpoSource(scorer, critic, gamma=1.0, lam=lam, value_clip=0.2, kl_in_reward=True).advantages(rollout, kl, beta)
+    exp = PpoSource(scorer, critic, gamma=1.0, lam=lam, value_clip=0.2).advantages(rollout, kl, beta)
     with torch.no_grad():
         values = critic_values(critic, rollout.seq).double()
     for i, response in enumerate(RESPONSES):
@@ -218,7 +218,7 @@ def test_ppo_gae_runs_over_the_critic_with_the_score_on_the_last_token(tiny_mode
     assert exp.metrics["proxy_score"] == pytest.approx(sum(len(r.split()) for r in RESPONSES) / 4)
     zeros = torch.zeros_like(mask)
     experience = Experience(rollout.seq, zeros, zeros, kl, exp.advantages, exp.old_values, exp.returns)
-    loss, stats = PpoSource(scorer, critic, 1.0, lam, 0.2, True).value_loss(experience.rows(torch.tensor([0, 2])))
+    loss, stats = PpoSource(scorer, critic, 1.0, lam, 0.2).value_loss(experience.rows(torch.tensor([0, 2])))
     assert loss.item() > 0 and "value_clip_frac" in stats
 
 
@@ -248,7 +248,7 @@ def test_rloo_baseline_is_the_mean_of_the_others_with_the_kl_in_the_reward(token
     mask = rollout.seq.response_mask
     kl = torch.full(mask.shape, 0.5) * mask
     beta = 0.2
-    exp = RlooSource(scorer, group_size=3, kl_in_reward=True).advantages(rollout, kl, beta)
+    exp = RlooSource(scorer, group_size=3).advantages(rollout, kl, beta)
     rewards = [len(r.split()) - beta * 0.5 * int(mask[i].sum()) for i, r in enumerate(responses)]
     for i in range(6):
         group = rewards[(i // 3) * 3:(i // 3) * 3 + 3]
@@ -264,7 +264,7 @@ def test_remax_baseline_is_the_reward_of_the_policys_greedy_response(tiny_model,
     scorer = SequenceScorer(functions=[RewardFunction(f"{write_reward_file(tmp_path, LENGTH_REWARD)}:length")])
     policy = load_causal_lm(str(tiny_model)).eval()
     rollout = hand_rollout(tokenizer, PROMPTS, RESPONSES)
-    source = RemaxSource(scorer, policy, tokenizer, max_new_tokens=6, kl_in_reward=False)
+    source = RemaxSource(scorer, policy, tokenizer, max_new_tokens=6)
     exp = source.advantages(rollout, torch.zeros_like(rollout.seq.response_mask), 0.0)
     greedy_lengths = []
     for prompt in PROMPTS:  # one prompt at a time: no padding in the reference
@@ -337,9 +337,9 @@ def test_forwards_skip_padding_and_give_each_row_what_it_gets_alone(tiny_model, 
     assert response_hidden_slice(seq) == slice(seq.prompt_width - 1, seq.input_ids.shape[1] - 1)
 
     gvm = load_value_model(tiny_gvm, device="cpu")
-    inputs = DvpoSource(gvm, "value", "none", 1.0, 0.95, False).gvm_inputs(rollout)
+    inputs = DvpoSource(gvm, "value", "none", 1.0, 0.95).gvm_inputs(rollout)
     whole = gvm.slot_values(*inputs, normalized=False)
-    chunked = DvpoSource(gvm, "value", "none", 1.0, 0.95, False, forward_rows=1).slot_values(*inputs)
+    chunked = DvpoSource(gvm, "value", "none", 1.0, 0.95, forward_rows=1).slot_values(*inputs)
     torch.testing.assert_close(chunked[0], whole[0], atol=1e-5, rtol=1e-5)
     assert torch.equal(chunked[1], whole[1])
 
@@ -376,7 +376,7 @@ def test_dvpo_authors_form_whitens_each_rows_values_over_all_its_positions(tiny_
 
     gvm = load_value_model(tiny_gvm, device="cpu")
     rollout = hand_rollout(tokenizer, PROMPTS, RESPONSES)
-    source = DvpoSource(gvm, "authors", "none", gamma=1.0, lam=0.95, kl_in_reward=True)
+    source = DvpoSource(gvm, "authors", "none", gamma=1.0, lam=0.95)
     assert source.whiten_default
     mask = rollout.seq.response_mask
     kl = 0.05 * torch.ones_like(mask) * mask
@@ -391,3 +391,15 @@ def test_dvpo_authors_form_whitens_each_rows_values_over_all_its_positions(tiny_
                                            0.2 * kl[i: i + 1, :n])
         torch.testing.assert_close(got[i, :n], expected[0], atol=1e-4, rtol=1e-4)
         assert got[i, n:].abs().sum() == 0
+
+
+def test_the_kl_enters_the_loss_or_the_reward_never_both():
+    """One decision per run: GRPO (and every source under --kl-penalty loss) puts β·k3 in the loss and gets β = 0
+    for its reward; the others get β for their reward and no loss term."""
+    from types import SimpleNamespace
+
+    from dvpo.trainers.sources.base import kl_enters_loss
+
+    for name in SOURCE_NAMES:
+        assert kl_enters_loss(SimpleNamespace(kl_penalty="reward"), source_class(name)) == (name == "grpo")
+        assert kl_enters_loss(SimpleNamespace(kl_penalty="loss"), source_class(name))

@@ -187,6 +187,7 @@ class ExperienceMaker:
         self.unwrap = unwrap
 
     def make(self, rollout: Rollout, kl_coef: float) -> tuple[Experience, tuple | None]:
+        """`kl_coef`: the β of the reward's KL penalty, 0 when the run puts the KL in the loss."""
         seq = rollout.seq
         live = None
         if self.one_update:

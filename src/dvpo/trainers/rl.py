@@ -48,6 +48,7 @@ from dvpo.trainers.run_dir import CHECKPOINTS, mark_complete, start_run
 from dvpo.trainers.runaway import RunawayGuard
 from dvpo.trainers.trackers import report_targets, tracker_config
 from dvpo.trainers.sources import source_class
+from dvpo.trainers.sources.base import kl_enters_loss
 from dvpo.trainers.sources.second_scorer import SecondScorer, second_scorer_kind
 from dvpo.user_functions import load_function
 
@@ -348,6 +349,7 @@ class RlLoop:
         self.local_mini = cfg.mini_batch_size // self.world  # this process's rows per minibatch
         whiten = cfg.whiten_advantages == "on" or (cfg.whiten_advantages == "auto" and source.whiten_default)
         self.one_update = cfg.ppo_epochs == 1 and cfg.mini_batch_size >= cfg.rollout_batch_size
+        self.kl_in_loss = kl_enters_loss(cfg, source)
         self.maker = ExperienceMaker(policy, reference, source, self.stats, cfg.temperature, self.local_mini, whiten,
                                      self.one_update, unwrap=accelerator.unwrap_model)
 
@@ -393,7 +395,7 @@ class RlLoop:
         timings["time_generation"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        experience, live = self.maker.make(rollout, self.controller.value)
+        experience, live = self.maker.make(rollout, 0.0 if self.kl_in_loss else self.controller.value)
         timings["time_forward"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -437,7 +439,7 @@ class RlLoop:
                 logp, entropy = live if live is not None else response_logprobs(self.policy, minibatch.seq,
                                                                                 cfg.temperature, with_entropy=True)
                 loss, stats = ppo_clip_loss(logp, minibatch.old_logp, minibatch.advantages, mb_mask, cfg.clip_eps)
-                if cfg.kl_penalty == "loss" or self.source.kl_in_loss:
+                if self.kl_in_loss:
                     loss = loss + self.controller.value * masked_mean(kl_k3(logp, minibatch.ref_logp), mb_mask)
                 value_loss, value_stats = self.source.value_loss(minibatch)
                 if value_loss is not None:

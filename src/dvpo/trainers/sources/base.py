@@ -17,8 +17,8 @@ class AdvantageSource(Protocol):
     """One RL algorithm's advantages: everything the loop needs to know about it.
 
     - `samples_per_prompt(cfg)`: responses drawn per prompt (a group for GRPO and RLOO, else 1);
-    - `kl_in_loss`: the KL to the reference enters as β·k3 in the loss (GRPO) rather than as −β·KL_t in
-      the per-token reward (which `--kl-penalty loss` also selects for every source);
+    - `kl_in_loss`: the KL to the reference enters as β·k3 in the loss (GRPO) rather than in the reward
+      (which `--kl-penalty loss` also selects for every source); the loop decides it once (`kl_enters_loss`);
     - `whiten_default`: whether `--whiten-advantages auto` whitens its advantages over the batch;
     - `trainable`: the models the loop trains beside the policy, with one optimizer (PPO's critic);
     - `check(cfg)`: cross-field checks, run before any file is written;
@@ -40,13 +40,22 @@ class AdvantageSource(Protocol):
     @classmethod
     def build(cls, cfg, device, policy, reference, tokenizer) -> tuple["AdvantageSource", object]: ...
 
-    def advantages(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Advantages: ...
+    def advantages(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Advantages:
+        """`kl` is KL_t on response tokens; `kl_coef` the β of the reward's KL penalty, 0 when the KL enters
+        the loss instead (each source applies β·KL in its algorithm's form: per token, or summed per sample)."""
+        ...
 
     def proxy(self, prompts: list, texts: list[str]) -> torch.Tensor: ...
 
     def value_loss(self, minibatch: Experience) -> tuple[torch.Tensor | None, dict]: ...
 
     def use_trained(self, modules: list) -> None: ...
+
+
+def kl_enters_loss(cfg, source) -> bool:
+    """Where the KL to the reference enters, decided once per run: as β·k3 in the loss (`--kl-penalty loss`, or a
+    source whose algorithm puts it there, GRPO), else in the reward, where the source gets β and applies it."""
+    return cfg.kl_penalty == "loss" or source.kl_in_loss
 
 
 class FrozenSignalSource:

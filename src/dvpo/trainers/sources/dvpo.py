@@ -28,11 +28,11 @@ class DvpoSource(FrozenSignalSource):
     name: ClassVar[str] = "dvpo"
     uses = ("gvm",)
 
-    def __init__(self, gvm, advantage: str, normalization: str, gamma: float, lam: float, kl_in_reward: bool,
-                 weight: float = 1.0, forward_rows: int = 32):
+    def __init__(self, gvm, advantage: str, normalization: str, gamma: float, lam: float, weight: float = 1.0,
+                 forward_rows: int = 32):
         self.gvm, self.advantage, self.normalization, self.weight = gvm, advantage, normalization, weight
         self.forward_rows = forward_rows
-        self.gamma, self.lam, self.kl_in_reward = gamma, lam, kl_in_reward
+        self.gamma, self.lam = gamma, lam
         self.whiten_default = advantage in ("gae", "authors")
 
     @classmethod
@@ -63,8 +63,8 @@ class DvpoSource(FrozenSignalSource):
         warn_if_near_chance(gvm.meta, cfg.gvm)
         weight = (signal_weight(gvm.meta, cfg.gvm, "--dvpo-normalization")
                   if cfg.dvpo_normalization == "reliability" else 1.0)
-        return cls(gvm, cfg.dvpo_advantage, cfg.dvpo_normalization, cfg.gamma, cfg.gae_lambda,
-                   cfg.kl_penalty == "reward", weight, forward_rows=cfg.mini_batch_size), reference
+        return cls(gvm, cfg.dvpo_advantage, cfg.dvpo_normalization, cfg.gamma, cfg.gae_lambda, weight,
+                   forward_rows=cfg.mini_batch_size), reference
 
     def gvm_inputs(self, rollout: Rollout):
         """[tau; prompt; response] per row; tau is the response to another prompt of the global batch, drawn by
@@ -144,7 +144,7 @@ class DvpoSource(FrozenSignalSource):
         else:  # the rollout batch's own statistics over its response tokens (of every process)
             mean, var, _ = rollout.stats.masked_moments(q, valued)
             std = var.sqrt()
-        penalty = kl_coef * kl if self.kl_in_reward else torch.zeros_like(kl)
+        penalty = kl_coef * kl
         if self.advantage == "authors":
             before = torch.zeros_like(mask)  # the value of the state before each token: slots 0..T-1
             before[:, : values.shape[1] - 1] = values[:, :-1].to(mask.device)

@@ -25,12 +25,10 @@ class PpoSource(RewardSource):
     name: ClassVar[str] = "ppo"
     whiten_default = True
 
-    def __init__(self, scorer: SequenceScorer, critic, gamma: float, lam: float, value_clip: float,
-                 kl_in_reward: bool):
+    def __init__(self, scorer: SequenceScorer, critic, gamma: float, lam: float, value_clip: float):
         self.scorer = scorer
         self.use_trained([critic])
         self.gamma, self.lam, self.value_clip = gamma, lam, value_clip
-        self.kl_in_reward = kl_in_reward
 
     @classmethod
     def build(cls, cfg, device, policy, reference, tokenizer):
@@ -41,8 +39,7 @@ class PpoSource(RewardSource):
 
             critic = with_lora(critic, rank, cfg.lora_alpha, 0.0, task_type="TOKEN_CLS")
         return cls(SequenceScorer.from_config(cfg, device, tokenizer), critic, cfg.gamma, cfg.gae_lambda,
-                   cfg.value_clip,
-                   cfg.kl_penalty == "reward"), reference
+                   cfg.value_clip), reference
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -62,7 +59,7 @@ class PpoSource(RewardSource):
         mask = seq.response_mask
         scores = self.scorer(unpadded_rows(seq), rollout.prompts, rollout.texts, rollout.columns).to(mask.device)
         values = critic_values(self.critic, seq)
-        rewards = per_token_rewards(scores, kl, mask, kl_coef if self.kl_in_reward else 0.0)
+        rewards = per_token_rewards(scores, kl, mask, kl_coef)
         advantages, returns = gae(values, rewards, mask, self.gamma, self.lam)
         return Advantages(advantages, {"proxy_score": scores.mean().item(),
                                        "value_mean": rollout.stats.masked_moments(values, mask)[0].item()},

@@ -17,15 +17,14 @@ from dvpo.trainers.sources.scoring import SequenceScorer
 class RemaxSource(RewardSource):
     name: ClassVar[str] = "remax"
 
-    def __init__(self, scorer: SequenceScorer, policy, tokenizer, max_new_tokens: int, kl_in_reward: bool,
-                 engine: str = "auto"):
+    def __init__(self, scorer: SequenceScorer, policy, tokenizer, max_new_tokens: int, engine: str = "auto"):
         self.scorer, self.policy, self.tokenizer = scorer, policy, tokenizer
-        self.max_new_tokens, self.kl_in_reward, self.engine = max_new_tokens, kl_in_reward, engine
+        self.max_new_tokens, self.engine = max_new_tokens, engine
 
     @classmethod
     def build(cls, cfg, device, policy, reference, tokenizer):
         return cls(SequenceScorer.from_config(cfg, device, tokenizer), policy, tokenizer, cfg.max_new_tokens,
-                   cfg.kl_penalty == "reward", cfg.rollout_engine), reference
+                   cfg.rollout_engine), reference
 
     @torch.no_grad()
     def advantages(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Advantages:
@@ -39,8 +38,6 @@ class RemaxSource(RewardSource):
         scores = self.scorer(rows, rollout.prompts, rollout.texts, rollout.columns).to(mask.device)
         greedy_scores = self.scorer(unpadded_rows(greedy), rollout.prompts, greedy_texts,
                                     rollout.columns).to(mask.device)
-        advantages = broadcast_sequence_advantage(remax_advantages(scores, greedy_scores), mask)
-        if self.kl_in_reward:
-            advantages = advantages - kl_coef * kl * mask
+        advantages = broadcast_sequence_advantage(remax_advantages(scores, greedy_scores), mask) - kl_coef * kl * mask
         return Advantages(advantages, {"proxy_score": scores.mean().item(),
                                        "greedy_proxy_score": greedy_scores.mean().item()})

@@ -18,8 +18,8 @@ from dvpo.trainers.sources.scoring import SequenceScorer
 class RlooSource(RewardSource):
     name: ClassVar[str] = "rloo"
 
-    def __init__(self, scorer: SequenceScorer, group_size: int, kl_in_reward: bool):
-        self.scorer, self.group_size, self.kl_in_reward = scorer, group_size, kl_in_reward
+    def __init__(self, scorer: SequenceScorer, group_size: int):
+        self.scorer, self.group_size = scorer, group_size
 
     @staticmethod
     def samples_per_prompt(cfg) -> int:
@@ -35,13 +35,13 @@ class RlooSource(RewardSource):
     @classmethod
     def build(cls, cfg, device, policy, reference, tokenizer):
         scorer = SequenceScorer.from_config(cfg, device, tokenizer)
-        return cls(scorer, cfg.group_size, cfg.kl_penalty == "reward"), reference
+        return cls(scorer, cfg.group_size), reference
 
     @torch.no_grad()
     def advantages(self, rollout: Rollout, kl: torch.Tensor, kl_coef: float) -> Advantages:
         mask = rollout.seq.response_mask
         scores = self.scorer(unpadded_rows(rollout.seq), rollout.prompts, rollout.texts,
                              rollout.columns).to(mask.device)
-        rewards = scores - kl_coef * (kl * mask).sum(dim=1) if self.kl_in_reward else scores
+        rewards = scores - kl_coef * (kl * mask).sum(dim=1)
         advantages = leave_one_out_advantages(rewards, self.group_size)
         return Advantages(broadcast_sequence_advantage(advantages, mask), {"proxy_score": scores.mean().item()})
