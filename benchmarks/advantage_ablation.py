@@ -1,11 +1,12 @@
 """DVPO's advantage and value normalisation, chosen on validation prompts: variants x RL seeds on one lab comparison.
 
 It starts from a finished `dvpo compare --judge-on validation --methods dvpo ppo` folder (its data, SFT model, GVM,
-and the recipe's DVPO and PPO runs per seed), trains DVPO once per variant and seed from the same SFT model and GVM
-with every other setting of configs/recipes/small/rl.yaml, judges each run on the lab's *validation* prompts (never
+reward model, and the recipe's DVPO and PPO runs per seed), trains each variant once per seed from the same SFT
+model and scorer with every other setting of configs/recipes/small/rl.yaml (PPO's variants get the same care as
+DVPO's: its λ, its critic's start and learning rate), judges each run on the lab's *validation* prompts (never
 test) and writes one table: judge mean +- std over seeds, win rate against SFT, and what the run did to its own
 scorer (eval_proxy_score, the GVM's value of the policy's samples on those prompts, first to last evaluation), KL
-and length at the last step. The recipe's own variant is read from the comparison's runs, not trained again.
+and length at the last step. The recipes' own variants are read from the comparison's runs, not trained again.
 
     dvpo compare --task digits --methods dvpo ppo --judge-on validation --seeds 3 --out runs/abl/digits
     python benchmarks/advantage_ablation.py --root runs/abl/digits --output docs/results/advantage_ablation/digits.json
@@ -23,15 +24,26 @@ from dvpo.pipeline import FULL, Timer, judge_model, rl_config
 from dvpo.stage_runner import StageRunner
 from dvpo.trainers.common import setup_logging
 
-VARIANTS = {
-    "gae-0.95-reliability": {},  # the recipe (read from the comparison's own runs)
-    "gae-1-reliability": {"gae_lambda": 1.0},  # baseline-only: each token's advantage is the final value - V(s_t)
-    "gae-0.95-stored": {"dvpo_normalization": "stored"},
-    "gae-1-stored": {"gae_lambda": 1.0, "dvpo_normalization": "stored"},
-    "gae-0.95-none": {"dvpo_normalization": "none"},
-    "value-reliability": {"dvpo_advantage": "value"},  # the paper's normalised token value
-    "authors": {"dvpo_advantage": "authors"},  # the authors' code: KL-only reward, zero terminal value
+RECIPE_RUNS = {"dvpo gae-0.95-reliability": "dvpo", "ppo gae-0.95": "ppo"}  # the comparison's own runs
+VARIANTS = {  # name: (algorithm, changes to the recipe)
+    "dvpo gae-0.95-reliability": ("dvpo", {}),  # the recipe
+    "dvpo gae-1-reliability": ("dvpo", {"gae_lambda": 1.0}),  # baseline-only: advantage = final value - V(s_t)
+    "dvpo gae-0.95-stored": ("dvpo", {"dvpo_normalization": "stored"}),
+    "dvpo gae-1-stored": ("dvpo", {"gae_lambda": 1.0, "dvpo_normalization": "stored"}),
+    "dvpo gae-0.95-none": ("dvpo", {"dvpo_normalization": "none"}),
+    "dvpo value-reliability": ("dvpo", {"dvpo_advantage": "value"}),  # the paper's normalised token value
+    "dvpo authors": ("dvpo", {"dvpo_advantage": "authors"}),  # the authors' code: KL-only reward, zero terminal value
+    "ppo gae-0.95": ("ppo", {}),  # the recipe: critic from the reward model
+    "ppo gae-1": ("ppo", {"gae_lambda": 1.0}),
+    "ppo critic-from-policy": ("ppo", {"critic_init": "policy"}),  # the SFT model with a zero value head
+    "ppo critic-lr-3x": ("ppo", {"critic_learning_rate": 3.0e-4}),
 }
+
+
+def run_folder(name: str) -> str:
+    """runs/.../ablation/<this>: DVPO's variants by their own name, PPO's prefixed."""
+    algo, variant = name.split(" ", 1)
+    return variant if algo == "dvpo" else f"{algo}-{variant}"
 
 
 def final_metrics(run: Path) -> dict:
@@ -54,7 +66,7 @@ def spread(values: list[float], fmt: str = "{:.2f}") -> str:
 
 
 def table(results: dict, sft: dict, seeds: list[int], root: Path) -> list[str]:
-    lines = [f"DVPO variants on `{root}` (judged on the lab's validation prompts, 4 samples each; mean ± std over "
+    lines = [f"DVPO and PPO variants on `{root}` (judged on the lab's validation prompts, 4 samples each; mean ± std over "
              f"RL seeds {', '.join(map(str, seeds))}; SFT {spread([sft[s] for s in seeds])}). Proxy: the GVM's "
              "value of the policy's samples on those prompts, first → last evaluation (for PPO its reward model's "
              "score). Command in benchmarks/advantage_ablation.py.", "",
@@ -90,12 +102,17 @@ def main() -> None:
     prompts = data / budget.held_out_prompts
     runs = {}
     for name in args.variants:
+        algo, changes = VARIANTS[name]
+        if changes.get("critic_init") == "policy":
+            changes = {**changes, "critic_init": str(sft)}
+        scorer = {"gvm": str(gvm)} if algo == "dvpo" else {"reward_model": str(root / "rm")}
         for seed in args.seeds:
-            out = root / f"seed{seed}" / "dvpo" if name == "gae-0.95-reliability" else root / "ablation" / name / f"seed{seed}"
-            cfg = dataclasses.replace(rl_config("dvpo", sft, data, out, budget, seed, gvm=str(gvm)), **VARIANTS[name])
+            out = (root / f"seed{seed}" / RECIPE_RUNS[name] if name in RECIPE_RUNS
+                   else root / "ablation" / run_folder(name) / f"seed{seed}")
+            cfg = dataclasses.replace(rl_config(algo, sft, data, out, budget, seed, **scorer), **changes)
             runs[(name, seed)] = (cfg, out)
-    trained = [(f"{name}-seed{seed}", "rl", cfg) for (name, seed), (cfg, out) in runs.items()
-               if name != "gae-0.95-reliability"]
+    trained = [(f"{run_folder(name)}-seed{seed}", "rl", cfg) for (name, seed), (cfg, out) in runs.items()
+               if name not in RECIPE_RUNS]
     runner = StageRunner(root / "ablation", {}, total=len(trained), desc="ablation")
     runner.together(trained)
     runner.close()
@@ -105,8 +122,6 @@ def main() -> None:
     for seed in args.seeds:
         baseline = sft / "generations" / f"seed{seed}.jsonl"
         sft_scores[seed] = judge_model(sft, prompts, baseline, None, seed, timer)["mean"]
-        results.setdefault("PPO (the recipe)", {})[str(seed)] = judged(root / f"seed{seed}" / "ppo", prompts,
-                                                                       baseline, seed, timer)
         for name in args.variants:
             results.setdefault(name, {})[str(seed)] = judged(runs[(name, seed)][1], prompts, baseline, seed, timer)
     output = Path(args.output)
