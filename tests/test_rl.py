@@ -176,6 +176,8 @@ def test_the_run_s_own_scorer_as_eval_scorer_gives_its_proxy_score(algo, tiny_mo
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     for record in records:
         assert record["second_score"] == pytest.approx(record["proxy_score"], abs=1e-4)
+        timed = ("time_generation", "time_forward", "time_update", "time_second_scorer")
+        assert record["time_step"] == pytest.approx(sum(record[k] for k in timed))  # the extra model's time counts
     assert records[-1]["eval_second_score"] == pytest.approx(records[-1]["eval_proxy_score"], abs=1e-4)
 
 

@@ -405,8 +405,10 @@ class RlLoop:
         kl_coef = self.controller.value
         local = {"kl": experience.kl.sum(dim=1).mean().item(), "response_length": mask.sum(dim=1).mean().item(),
                  **experience.metrics, **update_stats, **self.scorer.score(rollout.prompts, rollout.texts)}
-        if self.second is not None:
+        if self.second is not None:  # a frozen model the run holds: its time counts in the step's, as its memory
+            started = time.perf_counter()
             local["second_score"] = self.second.rollout_score(rollout)
+            timings["time_second_scorer"] = time.perf_counter() - started
         record = {"step": step + 1, **self.stats.mean_of(local), "kl_coef": kl_coef, **timings,
                   "time_step": sum(timings.values()), "peak_memory_bytes": peak_memory_bytes()}
         self.controller.update(record["kl"], cfg.rollout_batch_size)
