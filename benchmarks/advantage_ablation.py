@@ -20,6 +20,8 @@ import json
 import statistics
 from pathlib import Path
 
+import yaml
+
 from dvpo.pipeline import FULL, Timer, judge_model, rl_config
 from dvpo.stage_runner import StageRunner
 from dvpo.trainers.common import setup_logging
@@ -97,7 +99,8 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging()
     root = Path(args.root)
-    data, sft, gvm = root / "data", root / "sft", root / "gvm"
+    given = yaml.safe_load((root / "dvpo_config.yaml").read_text()).get("data")  # `dvpo compare --data`
+    data, sft, gvm = Path(given) if given else root / "data", root / "sft", root / "gvm"
     budget = dataclasses.replace(FULL, held_out="validation")
     prompts = data / budget.held_out_prompts
     runs = {}
