@@ -26,16 +26,16 @@ from dvpo.pipeline import FULL, Timer, judge_model, rl_config
 from dvpo.stage_runner import StageRunner
 from dvpo.trainers.common import setup_logging
 
-RECIPE_RUNS = {"dvpo gae-0.95-reliability": "dvpo", "ppo gae-0.95": "ppo"}  # the comparison's own runs
+RECIPE_RUNS = {"dvpo gae-1-reliability": "dvpo", "ppo gae-0.95": "ppo"}  # the comparison's own runs
 VARIANTS = {  # name: (algorithm, changes to the recipe)
-    "dvpo gae-0.95-reliability": ("dvpo", {}),  # the recipe
-    "dvpo gae-1-reliability": ("dvpo", {"gae_lambda": 1.0}),  # baseline-only: advantage = final value - V(s_t)
-    "dvpo gae-0.95-stored": ("dvpo", {"dvpo_normalization": "stored"}),
-    "dvpo gae-1-stored": ("dvpo", {"gae_lambda": 1.0, "dvpo_normalization": "stored"}),
-    "dvpo gae-0.95-none": ("dvpo", {"dvpo_normalization": "none"}),
+    "dvpo gae-1-reliability": ("dvpo", {}),  # the recipe: baseline-only, advantage = final value - V(s_t)
+    "dvpo gae-0.95-reliability": ("dvpo", {"dvpo_gae_lambda": 0.95}),  # the recipe until these tables chose 1
+    "dvpo gae-0.95-stored": ("dvpo", {"dvpo_gae_lambda": 0.95, "dvpo_normalization": "stored"}),
+    "dvpo gae-1-stored": ("dvpo", {"dvpo_normalization": "stored"}),
+    "dvpo gae-0.95-none": ("dvpo", {"dvpo_gae_lambda": 0.95, "dvpo_normalization": "none"}),
     "dvpo value-reliability": ("dvpo", {"dvpo_advantage": "value"}),  # the paper's normalised token value
     "dvpo authors": ("dvpo", {"dvpo_advantage": "authors"}),  # the authors' code: KL-only reward, zero terminal value
-    "ppo gae-0.95": ("ppo", {}),  # the recipe: critic from the reward model
+"ppo gae-0.95": ("ppo", {}),  # the recipe: critic from the reward model
     "ppo gae-1": ("ppo", {"gae_lambda": 1.0}),
     "ppo critic-from-policy": ("ppo", {"critic_init": "policy"}),  # the SFT model with a zero value head
     "ppo critic-lr-3x": ("ppo", {"critic_learning_rate": 3.0e-4}),

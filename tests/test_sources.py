@@ -403,3 +403,18 @@ def test_the_kl_enters_the_loss_or_the_reward_never_both():
     for name in SOURCE_NAMES:
         assert kl_enters_loss(SimpleNamespace(kl_penalty="reward"), source_class(name)) == (name == "grpo")
         assert kl_enters_loss(SimpleNamespace(kl_penalty="loss"), source_class(name))
+
+
+def test_dvpos_gae_lambda_defaults_to_its_forms_own_and_ppos_is_separate():
+    """`gae` values with λ 1 (chosen on validation), `authors` with their code's 0.95, unless
+    --dvpo-gae-lambda says otherwise; PPO's --gae-lambda does not reach DVPO."""
+    from dvpo.stage_options import RlConfig
+    from dvpo.trainers.sources.dvpo import dvpo_lambda
+
+    def lam(**changes):
+        return dvpo_lambda(RlConfig(algo="dvpo", policy="p", prompts="q", out="o", gae_lambda=0.5, **changes))
+
+    assert lam(dvpo_advantage="gae") == 1.0
+    assert lam(dvpo_advantage="authors") == 0.95
+    assert lam(dvpo_advantage="gae", dvpo_gae_lambda=0.9) == 0.9
+    assert lam(dvpo_advantage="authors", dvpo_gae_lambda=1.0) == 1.0

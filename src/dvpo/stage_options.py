@@ -293,7 +293,11 @@ class RlConfig:
     value_clip: float = option(0.2, help="ppo: clip range of the critic's value loss")
     vf_coef: float = option(0.1, help="ppo: weight of the value loss")
     gamma: float = option(1.0, help="discount (GAE and the DVPO difference advantage)")
-    gae_lambda: float = option(0.95, help="ppo, and dvpo with --dvpo-advantage gae: GAE lambda")
+    gae_lambda: float = option(0.95, help="ppo: GAE lambda of the critic's advantages")
+    dvpo_gae_lambda: float | None = option(None, help="dvpo with --dvpo-advantage gae or authors: GAE lambda over "
+                                           "the GVM's values (default: 1.0 for gae, so each token's advantage is "
+                                           "the final value minus V(s_t), chosen on validation in docs/rl.md; 0.95 "
+                                           "for authors, their code)")
     kl_coef: float = option(0.2, help="initial KL coefficient (paper: 0.2)")
     kl_target: float | None = option(0.1, help="adaptive KL target (paper: 0.1); empty/None keeps the coefficient fixed")
     kl_horizon: int = option(1000, help="adaptive KL horizon in samples (Ziegler et al.: 10000, which at a batch of "
