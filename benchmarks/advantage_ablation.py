@@ -35,7 +35,7 @@ VARIANTS = {  # name: (algorithm, changes to the recipe)
     "dvpo gae-0.95-none": ("dvpo", {"dvpo_gae_lambda": 0.95, "dvpo_normalization": "none"}),
     "dvpo value-reliability": ("dvpo", {"dvpo_advantage": "value"}),  # the paper's normalised token value
     "dvpo authors": ("dvpo", {"dvpo_advantage": "authors"}),  # the authors' code: KL-only reward, zero terminal value
-"ppo gae-0.95": ("ppo", {}),  # the recipe: critic from the reward model
+    "ppo gae-0.95": ("ppo", {}),  # the recipe: critic from the reward model
     "ppo gae-1": ("ppo", {"gae_lambda": 1.0}),
     "ppo critic-from-policy": ("ppo", {"critic_init": "policy"}),  # the SFT model with a zero value head
     "ppo critic-lr-3x": ("ppo", {"critic_learning_rate": 3.0e-4}),
