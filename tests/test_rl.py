@@ -82,8 +82,8 @@ def test_dvpo_runs_logs_and_evaluates(tiny_model, tiny_gvm, lab_data, tmp_path):
                   "--rollout-engine", "static"))  # rollouts and evaluation on the static engine
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
-    for key in ("score", "kl", "kl_coef", "clip_frac", "entropy", "response_length", "proxy_score", "gvm_value_mean",
-                "time_generation", "time_forward", "time_update", "peak_memory_bytes"):
+    for key in ("score", "kl", "kl_coef", "clip_frac", "entropy", "response_length", "clipped_ratio", "proxy_score",
+                "gvm_value_mean", "time_generation", "time_forward", "time_update", "peak_memory_bytes"):
         assert key in records[-1], key
     assert "eval_score" in records[1] and "eval_score" not in records[0]
     assert "eval_proxy_score" in records[1]  # the GVM's own score of the held-out samples

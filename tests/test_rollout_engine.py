@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from dvpo.data.tokenize import encode_prompt
 from dvpo.errors import ConfigError
+from dvpo.rollout.experience import clipped_rows
 from dvpo.rollout.prepacked import can_prepack, prepacked_linears
 from dvpo.rollout.sampling import SharedNoise, resolve_engine, sample
 
@@ -68,6 +69,17 @@ def test_greedy_decoding_matches_generate_token_for_token(model):
     lengths = [len(r) for r in got]
     assert min(lengths) < 12 and max(lengths) == 12  # eos in the middle of the batch, and the limit reached
     assert responses(sample(model, prompts, PAD, eos, 12, temperature=0, engine="hf")) == expected
+
+
+def test_clipped_rows_are_those_the_cap_cut_before_eos(model):
+    """Against the reference decode: a row is clipped exactly when it holds no eos (it then has 12 tokens)."""
+    prompts = mixed_prompts()
+    eos = an_eos_that_ends_one_row_early(model, prompts, 12)
+    batch = sample(model, prompts, PAD, eos, 12, temperature=0, engine="static")
+    expected = [eos not in row for row in generate_reference(model, prompts, 12, eos)]
+    assert clipped_rows(batch.response_ids, batch.response_mask, eos).tolist() == expected
+    assert True in expected and False in expected
+    assert all(len(row) == 12 for row, cut in zip(responses(batch), expected) if cut)
 
 
 def test_all_rows_ended_stops_decoding(model):

@@ -51,6 +51,13 @@ def _padded_to(values: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(values, (0, width - values.shape[1]))
 
 
+def clipped_rows(response_ids: torch.Tensor, response_mask: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """[B] bool: rows whose response holds no EOS, so generation stopped at `max_new_tokens` and cut them (the
+    `clipped_ratio` that verl and TRL log). A response cut so is scored and trained on as if it were whole."""
+    ended = ((response_ids == eos_token_id) & response_mask.bool()).any(dim=1)
+    return ~ended
+
+
 def build_sequences(batch: SampledBatch) -> Sequences:
     input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
     attention_mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)

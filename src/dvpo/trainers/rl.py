@@ -36,7 +36,8 @@ from dvpo.eval.rl_eval import PromptScorer
 from dvpo.models.frozen import AdapterOff
 from dvpo.models.loading import load_causal_lm, load_tokenizer
 from dvpo.models.tokenizer_match import check_scorer_tokenizers
-from dvpo.rollout.experience import Experience, ExperienceMaker, Rollout, build_sequences, response_logprobs
+from dvpo.rollout.experience import (Experience, ExperienceMaker, Rollout, build_sequences, clipped_rows,
+                                     response_logprobs)
 from dvpo.rollout.sampling import SharedNoise, sample
 from dvpo.stage_options import RlConfig
 from dvpo.trainers.common import write_process_record
@@ -53,6 +54,7 @@ from dvpo.trainers.sources.second_scorer import SecondScorer, second_scorer_kind
 from dvpo.user_functions import load_function
 
 logger = logging.getLogger(__name__)
+CLIPPED_WARNING = 0.25  # share of a step's responses cut at --max-new-tokens that earns the run's one warning
 
 
 def load_policy_and_reference(cfg: RlConfig, device):
@@ -352,6 +354,7 @@ class RlLoop:
         self.kl_in_loss = kl_enters_loss(cfg, source)
         self.maker = ExperienceMaker(policy, reference, source, self.stats, cfg.temperature, self.local_mini, whiten,
                                      self.one_update, unwrap=accelerator.unwrap_model)
+        self.warned_clipped = False
 
     def step_indices(self, step: int) -> list[int]:
         """Indices of the step's distinct prompts (every process's), in rollout order."""
@@ -403,7 +406,9 @@ class RlLoop:
         timings["time_update"] = time.perf_counter() - started
 
         kl_coef = self.controller.value
+        clipped = clipped_rows(rollout.seq.response_ids, mask, self.tokenizer.eos_token_id).float().mean().item()
         local = {"kl": experience.kl.sum(dim=1).mean().item(), "response_length": mask.sum(dim=1).mean().item(),
+                 "clipped_ratio": clipped,
                  **experience.metrics, **update_stats, **self.scorer.score(rollout.prompts, rollout.texts)}
         if self.second is not None:  # a frozen model the run holds: its time counts in the step's, as its memory
             started = time.perf_counter()
@@ -412,7 +417,16 @@ class RlLoop:
         record = {"step": step + 1, **self.stats.mean_of(local), "kl_coef": kl_coef, **timings,
                   "time_step": sum(timings.values()), "peak_memory_bytes": peak_memory_bytes()}
         self.controller.update(record["kl"], cfg.rollout_batch_size)
+        self.warn_if_clipped(record["clipped_ratio"], step)
         return record
+
+    def warn_if_clipped(self, ratio: float, step: int) -> None:
+        """Once a run: a response cut at the cap is scored and learned from as if it were finished."""
+        if ratio >= CLIPPED_WARNING and not self.warned_clipped and self.accelerator.is_main_process:
+            self.warned_clipped = True
+            logger.warning("step %d: %.0f%% of the responses reached --max-new-tokens %d without EOS and were cut; "
+                           "raise it if the task's answers are longer (clipped_ratio in metrics.jsonl)",
+                           step + 1, 100 * ratio, self.cfg.max_new_tokens)
 
     def update(self, step: int, experience: Experience, live=None) -> dict[str, float]:
         """PPO-clip epochs over minibatches; the loss is a token mean over the minibatch of every process.
