@@ -12,8 +12,8 @@ import yaml
 
 from dvpo.cli import main
 from dvpo.stage_options import DpoConfig, GenerateConfig, GvmConfig, RlConfig, RmConfig, SftConfig
-from dvpo.pipeline import (DEMO, DEMO_QUICK, FULL, QUICK, dpo_config, gvm_config, lab_budget, rl_config, rm_config,
-                           sft_config)
+from dvpo.pipeline import (DEMO, DEMO_QUICK, FULL, QUICK, Timer, dpo_config, gvm_config, judge_model, lab_budget,
+                           rl_config, rm_config, sft_config)
 from dvpo.recipes import RECIPE_NAMES, RECIPES, recipe, recipe_for
 
 REPO_RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "small"
@@ -71,6 +71,18 @@ def test_the_pipeline_trains_every_stage_with_its_recipe(tmp_path):
             rl_config("dvpo", *quick, gvm="g").steps) == (0.75, 1.5, 32)
     demo = (*paths[:3], DEMO, 0)  # the demo: the GVM and RM on 2/3 of their steps, still as many as each other
     assert (gvm_config(*demo).epochs, rm_config(*demo).epochs, rl_config("dvpo", *demo, gvm="g").steps) == (2, 0.67, 150)
+
+
+def test_the_lab_judge_samples_by_the_runs_own_recipe(tiny_model, lab_data, tmp_path):
+    """An untrained model runs to the cap: 64 new tokens by the small recipe, 96 by smollm2's (lab 2's answers
+    take up to 76 SmolLM2 tokens), so a pretrained model's long answers are judged whole."""
+    completions = {}
+    for name in ("small", "smollm2"):
+        out = tmp_path / f"{name}.jsonl"
+        judge_model(tiny_model, lab_data["test_prompts"], out, None, 0, Timer(), name)
+        completions[name] = [json.loads(line)["completion"] for line in out.read_text().splitlines()]
+    mean_chars = {name: sum(map(len, texts)) / len(texts) for name, texts in completions.items()}
+    assert mean_chars["smollm2"] > 1.25 * mean_chars["small"]  # 96 / 64 = 1.5 where every sample runs to the cap
 
 
 def test_a_stage_runs_from_its_recipe_with_command_line_options_winning(tiny_model, lab_data, tmp_path):

@@ -14,6 +14,7 @@ comparison resumes it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import shutil
@@ -124,15 +125,17 @@ def llm_judge(endpoint: str, judge_model_name: str, max_new_tokens: int):
     return judge
 
 
-def pick_judge(cfg: CompareConfig, held_out: Path, max_new_tokens: int):
-    """The lab's ground-truth judge for lab prompts; any other data needs an LLM judge endpoint."""
+def pick_judge(cfg: CompareConfig, held_out: Path, max_new_tokens: int, recipe_name: str):
+    """(judge, its sentence in the report): the lab's ground-truth judge for lab prompts, sampling by the run's
+    recipe; any other data needs an LLM judge endpoint."""
     prompts = [row["prompt"] for row in load_rows(held_out, "prompts")]
     if all(isinstance(p, str) and is_lab_prompt(p) for p in prompts):
-        return judge_model
+        return functools.partial(judge_model, recipe_name=recipe_name), LAB_JUDGE
     if not (cfg.judge_endpoint and cfg.judge_model):
         raise ConfigError(f"{held_out} holds prompts that are not the lab's, so the lab's "
                           "judge cannot score them: pass --judge-endpoint and --judge-model (an LLM judge)")
-    return llm_judge(cfg.judge_endpoint, cfg.judge_model, max_new_tokens)
+    return (llm_judge(cfg.judge_endpoint, cfg.judge_model, max_new_tokens),
+            LLM_JUDGE.format(model=cfg.judge_model, endpoint=cfg.judge_endpoint))
 
 
 def run_compare(cfg: CompareConfig) -> dict:
@@ -148,7 +151,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     data, base = inputs(cfg, root, budget, timer)
     rl_settings = apply_overrides(rl_config("dvpo", base, data, root, budget, cfg.seed),
                                   cfg.overrides.get("rl", {}), "overrides: rl")
-    judge = pick_judge(cfg, data / budget.held_out_prompts, rl_settings.max_new_tokens)
+    judge, judge_sentence = pick_judge(cfg, data / budget.held_out_prompts, rl_settings.max_new_tokens, budget.recipe)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     need_gvm, need_rm = "dvpo" in cfg.methods, any(m in NEEDS_RM for m in cfg.methods)
     run = StageRunner(root, cfg.overrides, total=1 + need_gvm + need_rm + len(seeds) * len(cfg.methods),
@@ -190,8 +193,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         kl_coef=rl_settings.kl_coef, kl_target=rl_settings.kl_target, new_tokens=rl_settings.max_new_tokens,
         dvpo_advantage=rl_settings.dvpo_advantage, dvpo_normalization=rl_settings.dvpo_normalization,
         dpo_epochs=dpo.epochs, dpo_beta=dpo.beta,
-        dpo_lr=dpo.learning_rate) + " " + (
-        LAB_JUDGE if judge is judge_model else LLM_JUDGE.format(model=cfg.judge_model, endpoint=cfg.judge_endpoint))
+        dpo_lr=dpo.learning_rate) + " " + judge_sentence
     settings += (f" Independent runs trained {run.jobs} at a time with {max(1, thread_budget() // run.jobs)} "
                  "torch thread(s) each, so times per step are of that sharing.")
     if cfg.overrides:

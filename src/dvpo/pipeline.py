@@ -150,14 +150,17 @@ def dpo_config(sft: Path, data: Path, out: Path, budget: LabBudget, seed: int) -
                        data=str(data / "rated.jsonl"), out=str(out))
 
 
-def judge_model(model: Path, prompts: Path, out: Path, baseline: Path | None, seed: int, timer: Timer) -> dict:
-    """Sample generate.yaml's responses per held-out prompt (4) at temperature 1 and score them with the lab judge;
-    the small recipe's generate.yaml for every model, so that all are judged alike.
+def judge_model(model: Path, prompts: Path, out: Path, baseline: Path | None, seed: int, timer: Timer,
+                recipe_name: str = "small") -> dict:
+    """Sample generate.yaml's responses per held-out prompt (4) at temperature 1 and score them with the lab judge.
 
+    The run's own recipe's generate.yaml: every model of a run is judged alike, and its new-token cap is counted
+    in that model family's tokens (lab 2's answers need 96 of SmolLM2's, 64 of the lab tokenizer's).
     Temperature 1 is the policy RL optimises (greedy decoding would hide what SFT has and has not learned).
     """
     if not out.exists():
         timer(f"generate:{out.parent.name}/{out.stem}", run_generate, from_recipe(
-            GenerateConfig, "generate", {"seed": seed}, model=str(model), prompts=str(prompts), out=str(out)))
+            GenerateConfig, "generate", {"seed": seed}, recipe_name, model=str(model), prompts=str(prompts),
+            out=str(out)))
     return judge_file(out, baseline if baseline is not None and baseline != out and baseline.exists() else None)
 
