@@ -417,3 +417,18 @@ def test_every_algorithm_shortens_responses_for_a_reward_that_pays_for_brevity(a
     lengths = [json.loads(line)["response_length"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     first, last = sum(lengths[:4]) / 4, sum(lengths[-4:]) / 4
     assert last < first - 1.0, f"{algo}: response length {first:.1f} -> {last:.1f}"  # a sign error: towards 12
+
+
+def test_responses_cut_at_the_cap_are_logged_and_warned_of_once(tiny_model, tiny_gvm, lab_data, tmp_path, caplog):
+    """An untrained policy at 2 new tokens rarely reaches eos: clipped_ratio says so, and one warning names
+    the option to raise."""
+    out = tmp_path / "rl"
+    args = _rl_args(tiny_model, tiny_gvm, lab_data, out)
+    args[args.index("--max-new-tokens") + 1] = "2"
+    args[args.index("--steps") + 1] = "2"
+    with caplog.at_level("WARNING"):
+        main(args)
+    ratios = [json.loads(line)["clipped_ratio"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r <= 1.0 for r in ratios) and max(ratios) >= 0.25
+    warnings = [r.getMessage() for r in caplog.records if "without EOS" in r.getMessage()]
+    assert len(warnings) == 1 and "--max-new-tokens 2" in warnings[0]
