@@ -166,16 +166,25 @@ def load_rows(source: str | os.PathLike, kind: str, split: str = "train") -> lis
     return rows
 
 
+def row_kind(rows: list[dict]) -> str:
+    """'preference' when the first row has a `chosen` field, else 'rated'."""
+    return "preference" if rows[0].get("chosen") is not None else "rated"
+
+
+def load_rated_or_preference_rows(source: str | os.PathLike, split: str = "train") -> list[dict]:
+    """Rated or preference rows, the kind told by the first row, each row validated as that kind."""
+    return load_rows(source, row_kind(load_rows(source, "prompts", split=split)), split=split)
+
+
 def load_scored_rows(source: str | os.PathLike, split: str = "train") -> list[dict]:
-    """Rated rows as given; preference rows (told by the first row's `chosen`) as two rated rows each, the chosen
-    response scored +1 and the rejected one -1 (the DVPO authors' `process_preference`), so a GVM trains and is
-    evaluated on TRL's preference datasets too."""
-    first = load_rows(source, "prompts", split=split)[0]
-    if first.get("chosen") is None:
-        return load_rows(source, "rated", split=split)
+    """Rated rows as given; preference rows as two rated rows each, the chosen response scored +1 and the
+    rejected one -1 (the DVPO authors' `process_preference`), so a GVM trains and is evaluated on TRL's
+    preference datasets too."""
+    rows = load_rated_or_preference_rows(source, split)
+    if row_kind(rows) == "rated":
+        return rows
     return [{"prompt": row["prompt"], "completion": row[side], "score": score}
-            for row in load_rows(source, "preference", split=split)
-            for side, score in (("chosen", 1.0), ("rejected", -1.0))]
+            for row in rows for side, score in (("chosen", 1.0), ("rejected", -1.0))]
 
 
 def _kind(kind: str) -> Kind:

@@ -13,7 +13,7 @@ from itertools import combinations
 from operator import itemgetter
 from typing import NamedTuple
 
-from dvpo.data.formats import load_rows
+from dvpo.data.formats import row_kind
 from dvpo.models.reward_model import RewardModel
 
 logger = logging.getLogger(__name__)
@@ -32,16 +32,6 @@ class Pairs(NamedTuple):
     def describe(self) -> str:
         return (f"{len(self.triples)} pairs; skipped {self.tied} equal-score pairs and "
                 f"{self.single} prompts with a single response")
-
-
-def row_kind(rows: list[dict]) -> str:
-    """'preference' when the first row has a `chosen` field, else 'rated'."""
-    return "preference" if rows[0].get("chosen") is not None else "rated"
-
-
-def load_pair_rows(source: str, split: str = "train") -> list[dict]:
-    """Rated or preference rows, the kind told by the first row, each row validated as that kind."""
-    return load_rows(source, row_kind(load_rows(source, "prompts", split=split)), split=split)
 
 
 def pairwise_pairs(rows: list[dict], mode: str = "all") -> Pairs:

@@ -16,7 +16,8 @@ from trl import DPOConfig, DPOTrainer
 from dvpo.stage_options import DpoConfig
 from dvpo.errors import DataError
 from dvpo.data.tokenize import ensure_pad_token
-from dvpo.eval.rm_accuracy import load_pair_rows, pairwise_pairs
+from dvpo.data.formats import load_rated_or_preference_rows
+from dvpo.eval.rm_accuracy import pairwise_pairs
 from dvpo.models.loading import load_causal_lm, load_tokenizer
 from dvpo.trainers.common import maybe_lora, training_arguments, whole_weights
 from dvpo.trainers.interrupts import StopOnSignal, raise_if_stopped
@@ -31,7 +32,7 @@ def _messages(value, role: str) -> list[dict]:
 
 
 def preference_dataset(source: str, split: str, mode: str) -> Dataset:
-    pairs = pairwise_pairs(load_pair_rows(source, split), mode)
+    pairs = pairwise_pairs(load_rated_or_preference_rows(source, split), mode)
     logger.info("dpo pairs from %s: %s", source, pairs.describe())
     if not pairs.triples:
         raise DataError(source, None, None, "no preference pairs (every prompt's responses tie or stand alone)")

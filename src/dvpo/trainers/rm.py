@@ -21,8 +21,8 @@ from dvpo.data.collate import pad_sequences
 from dvpo.errors import DataError
 from dvpo.data.splits import split_by_prompt
 from dvpo.data.tokenize import TruncationStats, ensure_pad_token
-from dvpo.eval.rm_accuracy import (load_pair_rows, pairwise_pairs, response_key, rm_accuracy, row_kind,
-                                   unique_responses)
+from dvpo.data.formats import load_rated_or_preference_rows, row_kind
+from dvpo.eval.rm_accuracy import pairwise_pairs, response_key, rm_accuracy, unique_responses
 from dvpo.models.loading import load_tokenizer, model_reference
 from dvpo.models.reward_model import MODEL_SUBDIR, RewardModel, RmMeta, build_reward_model, encode_response
 from dvpo.trainers.common import RowRecorder, maybe_lora, training_arguments, whole_weights
@@ -91,7 +91,8 @@ def score_statistics(rm: RewardModel, triples: list[tuple]) -> tuple[float, floa
 
 def load_pairs(source: str, split: str, mode: str, validation_fraction: float = 0.0, seed: int = 0):
     """Training rows, their pairs and the validation rows, with the counts logged; no pairs at all is an error."""
-    rows, validation = split_by_prompt(load_pair_rows(source, split), validation_fraction, seed, source=source)
+    rows = load_rated_or_preference_rows(source, split)
+    rows, validation = split_by_prompt(rows, validation_fraction, seed, source=source)
     check_validation_pairs(validation, source, validation_fraction)
     pairs = pairwise_pairs(rows, mode)
     kind = row_kind(rows)
@@ -107,7 +108,8 @@ def run_rm(cfg: RmConfig, callbacks=()) -> Path:
     folder, resume_from = start_run(cfg)
     tokenizer = ensure_pad_token(load_tokenizer(cfg.model))
     rows, pairs, validation = load_pairs(cfg.data, cfg.split, cfg.pairs, cfg.validation_fraction, cfg.seed)
-    eval_rows = load_pair_rows(cfg.eval_data, cfg.split) if cfg.eval_data else None  # bad eval data fails now
+    # Bad eval data fails now, before training.
+    eval_rows = load_rated_or_preference_rows(cfg.eval_data, cfg.split) if cfg.eval_data else None
     features = pair_features(pairs.triples, tokenizer, cfg.max_length, source=cfg.data)
     model = maybe_lora(build_reward_model(cfg.model, cfg.dtype), cfg, task_type="SEQ_CLS")
     recorder = RowRecorder(folder, PairCollator(tokenizer.pad_token_id))
