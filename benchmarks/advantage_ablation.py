@@ -2,7 +2,8 @@
 
 It starts from a finished `dvpo compare --judge-on validation --methods dvpo ppo` folder (its data, SFT model, GVM,
 reward model, and the recipe's DVPO and PPO runs per seed), trains each variant once per seed from the same SFT
-model and scorer with every other setting of configs/recipes/small/rl.yaml (PPO's variants get the same care as
+model and scorer with every other setting of the comparison's rl.yaml recipe (small, or smollm2 for
+`--model smollm2-135m-instruct`), judged as the comparison judges (PPO's variants get the same care as
 DVPO's: its λ, its critic's start and learning rate), judges each run on the lab's *validation* prompts (never
 test) and writes one table: judge mean +- std over seeds, win rate against SFT, and what the run did to its own
 scorer (eval_proxy_score, the GVM's value of the policy's samples on those prompts, first to last evaluation), KL
@@ -10,6 +11,8 @@ and length at the last step. The recipes' own variants are read from the compari
 
     dvpo compare --task digits --methods dvpo ppo --judge-on validation --seeds 3 --out runs/abl/digits
     python benchmarks/advantage_ablation.py --root runs/abl/digits --output docs/results/advantage_ablation/digits.json
+
+A comparison of only DVPO (`--methods dvpo`) takes DVPO's variants only: `--variants "dvpo gae-0.95-reliability"`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from dvpo.pipeline import FULL, Timer, judge_model, rl_config
+from dvpo.pipeline import FULL, QUICK, Timer, judge_model, lab_budget, rl_config
+from dvpo.recipes import recipe_for
 from dvpo.stage_runner import StageRunner
 from dvpo.trainers.common import setup_logging
 
@@ -56,8 +60,8 @@ def final_metrics(run: Path) -> dict:
             "proxy_first": evals[0] if evals else None, "proxy_last": evals[-1] if evals else None}
 
 
-def judged(run: Path, prompts: Path, baseline: Path, seed: int, timer: Timer) -> dict:
-    result = judge_model(run, prompts, run / "generations.jsonl", baseline, seed, timer)
+def judged(run: Path, prompts: Path, baseline: Path, seed: int, timer: Timer, recipe_name: str) -> dict:
+    result = judge_model(run, prompts, run / "generations.jsonl", baseline, seed, timer, recipe_name)
     return {"judge": result["mean"], "win_rate": result.get("win_rate"), **final_metrics(run)}
 
 
@@ -99,9 +103,12 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging()
     root = Path(args.root)
-    given = yaml.safe_load((root / "dvpo_config.yaml").read_text()).get("data")  # `dvpo compare --data`
+    compared = yaml.safe_load((root / "dvpo_config.yaml").read_text())
+    given = compared.get("data")  # `dvpo compare --data`
     data, sft, gvm = Path(given) if given else root / "data", root / "sft", root / "gvm"
-    budget = dataclasses.replace(FULL, held_out="validation")
+    recipe_name = recipe_for(compared.get("model"), compared.get("recipe", "auto"))
+    budget = dataclasses.replace(lab_budget(recipe_name, compared.get("quick", False), FULL, QUICK),
+                                 held_out="validation")
     prompts = data / budget.held_out_prompts
     runs = {}
     for name in args.variants:
@@ -124,9 +131,10 @@ def main() -> None:
     sft_scores, results = {}, {}
     for seed in args.seeds:
         baseline = sft / "generations" / f"seed{seed}.jsonl"
-        sft_scores[seed] = judge_model(sft, prompts, baseline, None, seed, timer)["mean"]
+        sft_scores[seed] = judge_model(sft, prompts, baseline, None, seed, timer, budget.recipe)["mean"]
         for name in args.variants:
-            results.setdefault(name, {})[str(seed)] = judged(runs[(name, seed)][1], prompts, baseline, seed, timer)
+            results.setdefault(name, {})[str(seed)] = judged(runs[(name, seed)][1], prompts, baseline, seed, timer,
+                                                             budget.recipe)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"root": str(root), "seeds": args.seeds, "sft": sft_scores, "variants": VARIANTS,

@@ -131,3 +131,21 @@ def test_judging_on_validation_moves_every_held_out_read_off_test(tmp_path):
     sized = dataclasses.replace(budget, n_sft=30, n_rated=20, n_rl=20, n_test=10)
     prepare_lab(tmp_path, sized, 0, Timer(), base_model="m")
     assert (data / "validation_prompts.jsonl").is_file() and (data / "test_prompts.jsonl").read_bytes() == before
+
+
+def test_the_settings_sentence_names_the_recipe_and_dvpos_lambda(tmp_path):
+    """The report says which recipe's files its stages ran with, and DVPO's GAE lambda (a default chosen per recipe)."""
+    import dataclasses
+
+    from dvpo.compare import lab_settings
+    from dvpo.pipeline import SMOLLM2, dpo_config, rl_config
+
+    (tmp_path / "test_prompts.jsonl").write_text('{"prompt": "sort 3 1 2"}\n')
+    rl = rl_config("dvpo", tmp_path / "sft", tmp_path, tmp_path / "dvpo", SMOLLM2, 0, gvm="gvm")
+    dpo = dpo_config(tmp_path / "sft", tmp_path, tmp_path, SMOLLM2, 0)
+    sentence = lab_settings(rl, dpo, SMOLLM2.recipe, 0)
+    assert "Stage settings: configs/recipes/smollm2/*.yaml." in sentence
+    assert "DVPO's advantage: gae λ 1 (GVM value normalisation: reliability)" in sentence
+    changed = lab_settings(dataclasses.replace(rl, dvpo_gae_lambda=0.95), dpo, "small", 0)
+    assert "gae λ 0.95" in changed and "configs/recipes/small/*.yaml" in changed
+    assert "value (GVM" in lab_settings(dataclasses.replace(rl, dvpo_advantage="value"), dpo, "small", 0)

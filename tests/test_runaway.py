@@ -36,6 +36,32 @@ def test_length_past_the_limit_stops_with_the_option_named():
         guard.check(_record(7, 31.0, 5.0), "ckpt")
 
 
+def test_the_starting_length_averages_the_steps_before_the_policy_moves():
+    """The first steps of an unmoved policy are all samples of the starting policy: a rambling SFT model's 16
+    samples averaged 8.1, 15.9 and 30.9 tokens on steps 1-3 at KL 0, 0.002 and 0.03 (SmolLM2, `demo --quick`),
+    which stopped the run at 3.8x the first step's alone. Against their mean it is 1.69x."""
+    guard = RunawayGuard(max_kl=100, max_length_ratio=3.0)
+    for step, length, kl in [(1, 8.1, 0.0), (2, 15.9, 0.002), (3, 30.9, 0.03)]:
+        record = _record(step, length, kl)
+        guard.check(record, "ckpt")
+    assert guard.reference_length == pytest.approx((8.1 + 15.9 + 30.9) / 3)
+    assert record["length_ratio"] == pytest.approx(30.9 / 18.3)
+
+
+def test_the_starting_length_is_fixed_once_a_step_leaves_the_reference():
+    guard = RunawayGuard(max_kl=100, max_length_ratio=3.0)
+    guard.check(_record(1, 10.0, 0.0), "ckpt")
+    guard.check(_record(2, 12.0, 0.05), "ckpt")  # still the starting policy: the mean is 11
+    moved = _record(3, 20.0, 0.1)  # 0.1 nats per response: the policy has moved, 11 stays
+    guard.check(moved, "ckpt")
+    assert moved["length_ratio"] == pytest.approx(20.0 / 11.0)
+    back = _record(4, 10.0, 0.01)  # a later step near the reference does not reopen the average
+    guard.check(back, "ckpt")
+    assert guard.reference_length == pytest.approx(11.0) and back["length_ratio"] == pytest.approx(10.0 / 11.0)
+    with pytest.raises(PolicyRunaway, match=r"34.0 tokens is 3.09x the starting policy's 11.0"):
+        guard.check(_record(5, 34.0, 2.0), "ckpt")
+
+
 def test_kl_past_the_limit_stops_and_past_half_warns(caplog):
     guard = RunawayGuard(max_kl=20, max_length_ratio=0, reference_length=10.0)
     with caplog.at_level(logging.WARNING):
@@ -58,6 +84,17 @@ def test_a_resumed_guard_keeps_the_first_steps_length_and_its_warnings():
     fresh = RunawayGuard(100, 3.0)
     fresh.load_state_dict({})  # a checkpoint from before the guard's state was kept
     assert fresh.reference_length is None
+    # Resumed while the policy was still at its start, the average goes on from the steps it had.
+    early = RunawayGuard(100, 3.0)
+    early.check(_record(1, 8.0, 0.0), "ckpt")
+    later = RunawayGuard(100, 3.0)
+    later.load_state_dict(json.loads(json.dumps(early.state_dict())))
+    later.check(_record(2, 12.0, 0.0), "ckpt")
+    assert later.reference_length == pytest.approx(10.0)
+    old = RunawayGuard(100, 3.0)
+    old.load_state_dict({"reference_length": 8.0, "warned": []})  # kept the first step's length alone
+    old.check(_record(2, 12.0, 0.0), "ckpt")
+    assert old.reference_length == 8.0
 
 
 def _scores(step, proxy, second):

@@ -35,6 +35,7 @@ from dvpo.pipeline import (FULL, QUICK, LabBudget, Timer, dpo_config, gvm_config
 from dvpo.recipes import recipe_for
 from dvpo.stage_runner import StageRunner, thread_budget
 from dvpo.trainers.sources import SOURCE_NAMES
+from dvpo.trainers.sources.dvpo import DEFAULT_LAMBDA, dvpo_lambda
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ LAB_SETTINGS = (
     "(GVM value normalisation: {dvpo_normalization}), the reward model's scores standardised by its stored "
     "statistics. ReMax also decodes one greedy response per prompt for its baseline. DPO trains offline on the "
     "rated split's best-vs-worst pairs ({dpo_epochs:g} epoch(s), β {dpo_beta:g}, lr {dpo_lr:g}). Stage settings: "
-    "configs/recipes/small/*.yaml.")
+    "configs/recipes/{recipe}/*.yaml.")
 LAB_JUDGE = ("Judge: the lab's ground truth on held-out prompts, 4 samples each at temperature 1; win rate per "
              "prompt against the same seed's SFT samples (ties count half).")
 LLM_JUDGE = ("Judge: {model} at {endpoint} with the paper's Appendix D prompt (0-5), one sample per held-out "
@@ -96,6 +97,17 @@ def inputs(cfg: CompareConfig, root: Path, budget: LabBudget, timer: Timer) -> t
     if not cfg.model:
         raise ConfigError("--data given without --model: name the base model to fine-tune")
     return data, Path(cfg.model)
+
+
+def lab_settings(rl, dpo, recipe_name: str, seed: int) -> str:
+    """The report's sentence of shared settings: the RL settings every method ran with, DVPO's advantage with its
+    GAE lambda where its form has one, and the recipe they come from."""
+    advantage = rl.dvpo_advantage + (f" λ {dvpo_lambda(rl):g}" if rl.dvpo_advantage in DEFAULT_LAMBDA else "")
+    return LAB_SETTINGS.format(
+        seed=seed, steps=rl.steps, batch=rl.rollout_batch_size, group=rl.group_size, mini=rl.mini_batch_size,
+        epochs=rl.ppo_epochs, lr=rl.learning_rate, kl_coef=rl.kl_coef, kl_target=rl.kl_target,
+        new_tokens=rl.max_new_tokens, dvpo_advantage=advantage, dvpo_normalization=rl.dvpo_normalization,
+        dpo_epochs=dpo.epochs, dpo_beta=dpo.beta, dpo_lr=dpo.learning_rate, recipe=recipe_name)
 
 
 def llm_judge(endpoint: str, judge_model_name: str, max_new_tokens: int):
@@ -187,13 +199,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     gvm_accuracy = evaluate_gvm(str(gvm), str(data / budget.held_out_rated), seed=cfg.seed) if gvm else None
     rm_accuracy = json.loads((rm / "dvpo_complete.json").read_text()).get("eval_accuracy") if rm else None
     dpo = dpo_config(base, data, root, budget, cfg.seed)
-    settings = LAB_SETTINGS.format(
-        seed=cfg.seed, steps=rl_settings.steps, batch=rl_settings.rollout_batch_size, group=rl_settings.group_size,
-        mini=rl_settings.mini_batch_size, epochs=rl_settings.ppo_epochs, lr=rl_settings.learning_rate,
-        kl_coef=rl_settings.kl_coef, kl_target=rl_settings.kl_target, new_tokens=rl_settings.max_new_tokens,
-        dvpo_advantage=rl_settings.dvpo_advantage, dvpo_normalization=rl_settings.dvpo_normalization,
-        dpo_epochs=dpo.epochs, dpo_beta=dpo.beta,
-        dpo_lr=dpo.learning_rate) + " " + judge_sentence
+    settings = lab_settings(rl_settings, dpo, budget.recipe, cfg.seed) + " " + judge_sentence
     settings += (f" Independent runs trained {run.jobs} at a time with {max(1, thread_budget() // run.jobs)} "
                  "torch thread(s) each, so times per step are of that sharing.")
     if cfg.overrides:

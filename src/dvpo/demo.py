@@ -74,7 +74,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 def last_step(metrics: Path) -> dict:
     """What shows a policy gaming its signal, at the run's last step: response length (and its ratio to the
-    first step's), KL to the reference and its coefficient."""
+    starting policy's), KL to the reference and its coefficient."""
     last = json.loads(metrics.read_text().splitlines()[-1])
     return {key: last[key] for key in ("step", "response_length", "length_ratio", "kl", "kl_coef") if key in last}
 
@@ -91,7 +91,7 @@ def format_demo_report(report: dict) -> str:
     lines.append(f"| best behaviour policy ({best}) | {behaviour[best]:.2f} | |")
     lines += ["", "Behaviour policies: " + ", ".join(f"{k} {v:.2f}" for k, v in behaviour.items()),
               *(f"{algo.upper()} at step {r['step']}: response length {r['response_length']:.1f} tokens "
-                f"({r.get('length_ratio', 1.0):.2f}x the first step's), KL {r['kl']:.2f} nats, KL coefficient "
+                f"({r.get('length_ratio', 1.0):.2f}x the starting policy's), KL {r['kl']:.2f} nats, KL coefficient "
                 f"{r['kl_coef']:.3f}" for algo, r in report.get("rl_last_step", {}).items()),
               f"Reward model held-out pairwise accuracy: {100 * report['rm_accuracy']:.1f}%", "",
               format_table(report["gvm_accuracy"]),

@@ -323,7 +323,8 @@ class RlConfig:
     max_kl: float = option(100.0, help="stop when the mean KL to the reference per response exceeds this many nats "
                            "(warns past half); 0 disables")
     max_length_ratio: float = option(3.0, help="stop when the mean response length exceeds this multiple of the "
-                                     "first step's (the starting policy's); warns past 1.5x; 0 disables")
+                                     "starting policy's (the mean over the first steps whose KL to the reference "
+                                     "is under 0.1 nats); warns past 1.5x; 0 disables")
     whiten_advantages: str = option("auto", help="whiten advantages over the rollout batch (auto: for ppo and "
                                     "dvpo gae, the two with a critic, as in the N+ details)", choices=["auto", "on", "off"])
     score_fn: str | None = option(None, help="a function that scores completions for monitoring, never for training "

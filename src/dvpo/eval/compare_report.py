@@ -204,7 +204,9 @@ def format_report(report: dict) -> str:
         win = f"{100 * row['win_rate_vs_sft']:.0f}%" if "win_rate_vs_sft" in row else "—"
         lines.append(f"| {NAMES[method]} | {row['mean']:.2f} ± {row['std']:.2f} | "
                      f"{', '.join(f'{v:.2f}' for v in row['per_seed'])} | {win} |")
-    lines += ["", "Paper's ordering on this data:", *[f"- {line}" for line in report["ordering"]], "",
+    if report["ordering"]:  # its claims need DVPO and PPO, or one of them with DPO or ReMax
+        lines += ["", "Paper's ordering on this data:", *[f"- {line}" for line in report["ordering"]]]
+    lines += ["",
               "## Efficiency (Table 3): mean over seeds of each run, same machine (how many runs shared it: Settings)", "",
               "| method | peak memory MiB | × PPO | s/step (median) | × PPO | generation / forward / update s "
               "| best held-out step | training s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]

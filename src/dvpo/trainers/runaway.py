@@ -6,6 +6,11 @@ policy can fool drives the KL up while the controller lags). The same guard runs
 algorithm: it records the response length against the starting policy's, warns once when a
 number passes half its limit, and stops the run with a clear message past the limit.
 
+The starting policy's length is the mean over every step whose rollouts were still the starting policy's
+own, its KL to the reference under `REFERENCE_KL` nats per response, not the first step's alone: 16 samples
+of an SFT model that rambles now and then can average 8 tokens on the first step and 31 on the third with
+the policy unmoved (KL 0.03; SmolLM2 after 40 steps of SFT, `dvpo demo --quick`), which is no runaway.
+
 A third sign needs a second scorer (`--eval-scorer`): the run's own scorer's score of its samples rising while
 the second scorer's falls. `OveroptimisationWatch` warns about it; it never stops a run.
 """
@@ -19,6 +24,11 @@ from dvpo.errors import PolicyRunaway
 logger = logging.getLogger(__name__)
 
 LENGTH_WARNING_RATIO = 1.5
+REFERENCE_KL = 0.1
+"""Nats per response under which a step's rollouts still count as the starting policy's. An unmoved policy's
+estimate is noise (0.002-0.03 in the case above); a policy that triples a geometric length distribution's mean
+by its own doing pays about 0.9 nats or more (ln(1/3) + 2 as the stop probability goes to zero), and one that
+moves a rambling mode's share from 10% to 40% pays 0.3."""
 
 
 def slope(values: list[float]) -> float:
@@ -71,26 +81,40 @@ class RunawayGuard:
     def __init__(self, max_kl: float, max_length_ratio: float, reference_length: float | None = None):
         self.max_kl, self.max_length_ratio = max_kl, max_length_ratio
         self.reference_length = reference_length
+        self.reference_steps = 0 if reference_length is None else 1  # steps averaged into reference_length
+        self.reference_settled = reference_length is not None  # a step has left the starting policy
         self.warned: set[str] = set()
         self.overoptimisation = OveroptimisationWatch()
 
     def state_dict(self) -> dict:
         """What a checkpoint keeps, so a resumed run measures lengths against the same starting policy."""
-        return {"reference_length": self.reference_length, "warned": sorted(self.warned),
+        return {"reference_length": self.reference_length, "reference_steps": self.reference_steps,
+                "reference_settled": self.reference_settled, "warned": sorted(self.warned),
                 "overoptimisation": self.overoptimisation.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.reference_length = state.get("reference_length")
+        # A checkpoint from before the average was kept holds the first step's length alone, settled.
+        self.reference_steps = state.get("reference_steps", 0 if self.reference_length is None else 1)
+        self.reference_settled = state.get("reference_settled", self.reference_length is not None)
         self.warned = set(state.get("warned", []))
         self.overoptimisation.load_state_dict(state.get("overoptimisation", {}))
+
+    def _update_reference(self, length: float, kl: float) -> None:
+        """Average this step's length into the starting policy's while the policy has not left it."""
+        if self.reference_length is not None and (self.reference_settled or kl >= REFERENCE_KL):
+            self.reference_settled = True
+            return
+        n = self.reference_steps
+        self.reference_length = length if n == 0 else (self.reference_length * n + length) / (n + 1)
+        self.reference_steps = n + 1
 
     def check(self, record: dict, where: str) -> None:
         """Add `length_ratio` to a step's record; warn or raise `PolicyRunaway` past the limits; watch for a
         proxy that parts from the second scorer."""
         self.overoptimisation.check(record)
         length, kl, step = record["response_length"], record["kl"], record["step"]
-        if self.reference_length is None:
-            self.reference_length = length
+        self._update_reference(length, kl)
         ratio = length / max(self.reference_length, 1e-9)
         record["length_ratio"] = ratio
         advice = ("lower --learning-rate, raise --kl-coef, or check what the reward/value model pays for; the last "
