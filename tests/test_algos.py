@@ -585,17 +585,18 @@ def test_reliability_weight_is_twice_the_accuracy_above_chance():
             reliability_weight(bad)
 
 
-def _dvpo_gae_loop(q, v_first, mask, penalty, mean, std, weight, gamma, lam):
+def _dvpo_gae_loop(q, v_first, mask, penalty, mean, std, weight, gamma, lam, reward="last"):
     """DVPO's gae advantage transcribed in float64 loops, in the GVM's raw units: V(s_1) = v_first,
-    V(s_t) = Q_{t-1} / gamma, the last value Q_T as the reward, then scaled by weight / std (no mean: the
-    values' level is part of what they mean when gamma < 1)."""
+    V(s_t) = Q_{t-1} / gamma, the last value Q_T (or the mean of Q_1..Q_T) as the reward, then scaled by
+    weight / std (no mean: the values' level is part of what they mean when gamma < 1)."""
     out = torch.zeros_like(q)
     for b in range(q.shape[0]):
         n = int(mask[b].sum())
         scale = weight / (std + 1e-8)
         values = [float(v_first[b]) * scale] + [float(q[b, t]) * scale / gamma for t in range(n - 1)]
         rewards = [-float(penalty[b, t]) for t in range(n)]
-        rewards[-1] += float(q[b, n - 1]) * scale
+        final = float(q[b, n - 1]) if reward == "last" else sum(float(q[b, t]) for t in range(n)) / n
+        rewards[-1] += final * scale
         running = 0.0
         for t in reversed(range(n)):
             following = values[t + 1] if t + 1 < n else 0.0
@@ -604,8 +605,9 @@ def _dvpo_gae_loop(q, v_first, mask, penalty, mean, std, weight, gamma, lam):
     return out
 
 
+@pytest.mark.parametrize("reward", ["last", "mean"])
 @pytest.mark.parametrize("gamma", [1.0, 0.9])
-def test_dvpo_advantages_gae_match_a_float64_loop_and_ignore_the_values_level(gamma):
+def test_dvpo_advantages_gae_match_a_float64_loop_and_ignore_the_values_level(gamma, reward):
     from dvpo.algos.advantages import dvpo_advantages
 
     generator = torch.Generator().manual_seed(0)
@@ -613,11 +615,50 @@ def test_dvpo_advantages_gae_match_a_float64_loop_and_ignore_the_values_level(ga
     v_first = torch.randn(3, generator=generator, dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.float64)
     penalty = 0.1 * torch.rand(3, 5, generator=generator, dtype=torch.float64)
-    got = dvpo_advantages("gae", q, v_first, mask, penalty, mean=2.5, std=0.7, weight=0.6, gamma=gamma, lam=0.8)
-    assert torch.allclose(got, _dvpo_gae_loop(q, v_first, mask, penalty, 2.5, 0.7, 0.6, gamma, 0.8), atol=1e-10)
+    got = dvpo_advantages("gae", q, v_first, mask, penalty, mean=2.5, std=0.7, weight=0.6, gamma=gamma, lam=0.8,
+                          reward=reward)
+    expected = _dvpo_gae_loop(q, v_first, mask, penalty, 2.5, 0.7, 0.6, gamma, 0.8, reward)
+    assert torch.allclose(got, expected, atol=1e-10)
     # the stored mean never enters: standardising it in first biased every token by mu (1 - gamma) / (gamma sigma)
-    other = dvpo_advantages("gae", q, v_first, mask, penalty, mean=-4.0, std=0.7, weight=0.6, gamma=gamma, lam=0.8)
+    other = dvpo_advantages("gae", q, v_first, mask, penalty, mean=-4.0, std=0.7, weight=0.6, gamma=gamma, lam=0.8,
+                            reward=reward)
     assert torch.allclose(got, other, atol=1e-12)
+
+
+@pytest.mark.parametrize("reward", ["last", "mean"])
+@pytest.mark.parametrize("gamma", [1.0, 0.9])
+def test_dvpo_sequence_advantages_match_a_float64_loop(gamma, reward):
+    """Every token: gamma^(T-t) R - V(s_1) - sum_{k >= t} gamma^(k-t) kl_k, in the GVM's units times weight / std."""
+    from dvpo.algos.advantages import dvpo_advantages
+
+    generator = torch.Generator().manual_seed(1)
+    q = torch.randn(3, 5, generator=generator, dtype=torch.float64)
+    v_first = torch.randn(3, generator=generator, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.float64)
+    penalty = 0.1 * torch.rand(3, 5, generator=generator, dtype=torch.float64)
+    got = dvpo_advantages("sequence", q, v_first, mask, penalty, mean=2.5, std=0.7, weight=0.6, gamma=gamma,
+                          reward=reward)
+    expected = torch.zeros_like(q)
+    scale = 0.6 / (0.7 + 1e-8)
+    for b in range(3):
+        n = int(mask[b].sum())
+        values = [float(q[b, t]) for t in range(n)]
+        final = values[-1] if reward == "last" else sum(values) / n
+        for t in range(n):
+            to_pay = sum(gamma ** (k - t) * float(penalty[b, k]) for k in range(t, n))
+            expected[b, t] = gamma ** (n - 1 - t) * final * scale - float(v_first[b]) * scale - to_pay
+    assert torch.allclose(got, expected, atol=1e-10)
+
+
+def test_sequence_value_by_hand():
+    from dvpo.algos.advantages import sequence_value
+
+    q = torch.tensor([[0.2, 0.5, 1.0], [-0.4, 0.3, 9.0], [7.0, 7.0, 7.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [0, 0, 0]], dtype=torch.float64)
+    assert sequence_value(q, mask, "last").tolist() == pytest.approx([1.0, 0.3, 0.0], abs=1e-15)
+    assert sequence_value(q, mask, "mean").tolist() == pytest.approx([1.7 / 3, -0.05, 0.0], abs=1e-15)
+    with pytest.raises(ValueError, match="unknown sequence value"):
+        sequence_value(q, mask, "max")
 
 
 def test_dvpo_advantages_value_and_difference_by_hand():

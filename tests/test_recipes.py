@@ -12,7 +12,7 @@ import yaml
 
 from dvpo.cli import main
 from dvpo.stage_options import DpoConfig, GenerateConfig, GvmConfig, RlConfig, RmConfig, SftConfig
-from dvpo.pipeline import (DEMO, DEMO_QUICK, FULL, QUICK, Timer, dpo_config, gvm_config, judge_model, lab_budget,
+from dvpo.pipeline import (DEMO, DEMO_QUICK, FULL, QUICK, SMOLLM2_QUICK, Timer, dpo_config, gvm_config, judge_model, lab_budget,
                            rl_config, rm_config, sft_config)
 from dvpo.recipes import RECIPE_NAMES, RECIPES, recipe, recipe_for
 
@@ -47,6 +47,8 @@ def test_a_catalog_model_brings_its_own_recipe_and_budget(tmp_path):
     assert (rl.lora_r, rl.critic_lora_r, rl.steps) == (16, None, recipe("rl", "smollm2")["steps"])
     assert gvm_config(*paths).lora_r == 8 and sft_config(*paths).lora_r == 16
     assert lab_budget("small", True, FULL, QUICK) is QUICK
+    quick = rl_config("dvpo", *paths[:3], SMOLLM2_QUICK, 0, gvm="g")
+    assert (quick.steps, quick.eval_every) == (12, 6)  # the budget's own cadence, not six times a run
 
 
 def test_the_pipeline_trains_every_stage_with_its_recipe(tmp_path):

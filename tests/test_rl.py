@@ -181,6 +181,29 @@ def test_the_run_s_own_scorer_as_eval_scorer_gives_its_proxy_score(algo, tiny_mo
     assert records[-1]["eval_second_score"] == pytest.approx(records[-1]["eval_proxy_score"], abs=1e-4)
 
 
+def test_dvpo_reward_mean_trains_and_its_proxy_is_the_mean_value(tiny_model, tiny_gvm, lab_data, tmp_path):
+    """With --dvpo-reward mean the held-out proxy is the GVM's mean token value of the samples, which is not its last
+    token's: the run pushes up, and reports, the aggregate it was told to."""
+    last, mean = tmp_path / "last", tmp_path / "mean"
+    for out, reward in ((last, "last"), (mean, "mean")):
+        main(_rl_args(tiny_model, tiny_gvm, lab_data, out, "--steps", "1", "--dvpo-reward", reward,
+                      "--eval-prompts", str(lab_data["test_prompts"]), "--eval-every", "1"))
+    records = {out.name: json.loads((out / "metrics.jsonl").read_text().splitlines()[-1]) for out in (last, mean)}
+    assert all("proxy_score" in r and "eval_proxy_score" in r for r in records.values())
+    # same seed, same first rollout and held-out samples: only the aggregate differs
+    assert records["last"]["score"] == records["mean"]["score"]
+    assert records["last"]["eval_proxy_score"] != pytest.approx(records["mean"]["eval_proxy_score"], abs=1e-6)
+
+
+def test_dvpo_reward_mean_without_gae_is_refused_before_any_file(tiny_model, tiny_gvm, lab_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(_rl_args(tiny_model, tiny_gvm, lab_data, tmp_path / "x", "--dvpo-reward", "mean",
+                      "--dvpo-advantage", "value"))
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and "--dvpo-reward mean applies to --dvpo-advantage gae or sequence only" in error
+    assert not (tmp_path / "x").exists()
+
+
 def test_an_eval_scorer_that_is_no_scorer_is_refused_before_any_file(tiny_model, tiny_gvm, lab_data, tmp_path,
                                                                      capsys):
     with pytest.raises(SystemExit) as stop:

@@ -74,9 +74,12 @@ fits 3 minutes on 2 cores (QUICK itself took 197 s on a fresh clone); `dvpo comp
 SMOLLM2 = LabBudget(n_sft=1200, n_rated=600, n_rl=600, n_test=100, recipe="smollm2")
 """The pretrained SmolLM2 on the lab: fewer rows than FULL, since each step of a 135M model costs about 2.5 s on
 2 CPU cores (its recipe's own step counts bound each stage)."""
-SMOLLM2_QUICK = dataclasses.replace(SMOLLM2, n_sft=400, n_rated=200, n_rl=200, n_test=50, stage_changes={
-    "sft": {"max_steps": 40}, "gvm": {"max_steps": 40}, "rm": {"max_steps": 40}, "rl": {"steps": 12}})
-"""`--quick` on SmolLM2: a smoke run of every stage (its scores mean little)."""
+SMOLLM2_QUICK = dataclasses.replace(SMOLLM2, n_sft=400, n_rated=200, n_rl=200, n_test=40, stage_changes={
+    "sft": {"max_steps": 30}, "gvm": {"max_steps": 30}, "rm": {"max_steps": 30},
+    "rl": {"steps": 12, "eval_every": 6}})
+"""`--quick` on SmolLM2: a smoke run of every stage (its scores mean little), sized to about 15 minutes on 2 cores:
+30 steps per trained stage and 2 held-out evaluations per RL run (an evaluation of 40 prompts costs about as much
+as two RL steps)."""
 
 
 def lab_budget(recipe_name: str, quick: bool, small: LabBudget, small_quick: LabBudget) -> LabBudget:
@@ -136,10 +139,12 @@ def rm_config(sft: Path, data: Path, out: Path, budget: LabBudget, seed: int) ->
 def rl_config(algo: str, sft: Path, data: Path, out: Path, budget: LabBudget, seed: int, **source) -> RlConfig:
     """The same RL settings for every algorithm (same prompts, same samples per step): only the source differs.
     On lab data the lab's judge is the loop's monitoring score (on rollouts, and on the held-out prompts six
-    times a run); other data has no such score."""
-    steps = budget.changes("rl").get("steps", recipe("rl", budget.recipe)["steps"])
+    times a run, unless the budget sets `eval_every`); other data has no such score."""
+    changes = budget.changes("rl")
+    steps = changes.get("steps", recipe("rl", budget.recipe)["steps"])
     held_out = data / budget.held_out_prompts
-    monitor = ({"score_fn": LAB_SCORE_FN, "eval_every": max(1, steps // 6), "eval_prompts": str(held_out)}
+    monitor = ({"score_fn": LAB_SCORE_FN, "eval_every": changes.get("eval_every", max(1, steps // 6)),
+                "eval_prompts": str(held_out)}
                if all(is_lab_prompt(row["prompt"]) for row in load_rows(held_out, "prompts")) else {})
     return from_recipe(RlConfig, "rl", {**budget.changes("rl"), "seed": seed, **monitor, **source}, budget.recipe,
                        algo=algo, policy=str(sft), prompts=str(data / "prompts.jsonl"), out=str(out))

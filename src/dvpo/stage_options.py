@@ -308,8 +308,13 @@ class RlConfig:
                                  "over its values, whitened like PPO's), value (the paper's normalised token value) or "
                                  "difference (Q_t - Q_{t-1}/gamma), or authors (the authors' code: a KL-only reward, "
                                  "each row's values whitened over all its positions, GAE to a zero terminal value, "
-                                 "whitened; no normalisation option applies)",
-                                 choices=["gae", "value", "difference", "authors"])
+                                 "whitened; no normalisation option applies), or sequence (the gae reward minus the "
+                                 "GVM's value of the prompt on every token, whitened)",
+                                 choices=["gae", "value", "difference", "authors", "sequence"])
+    dvpo_reward: str = option("last", help="dvpo gae and sequence: the response's reward from the GVM: its last token's value "
+                              "Q_T (the paper's reading), or the mean of its tokens' values (mean: the aggregate "
+                              "that selects the GVM's checkpoint and sets its reliability weight)",
+                              choices=["last", "mean"])
     dvpo_normalization: str = option("reliability", help="dvpo: normalise values by the GVM's statistics on its "
                                      "training data (stored); the same times 2 * its validation pairwise accuracy - 1 "
                                      "(reliability: a GVM at chance gives no signal); by the rollout batch's "
@@ -326,7 +331,8 @@ class RlConfig:
                                      "starting policy's (the mean over the first steps whose KL to the reference "
                                      "is under 0.1 nats); warns past 1.5x; 0 disables")
     whiten_advantages: str = option("auto", help="whiten advantages over the rollout batch (auto: for ppo and "
-                                    "dvpo gae, the two with a critic, as in the N+ details)", choices=["auto", "on", "off"])
+                                    "dvpo gae, sequence and authors, the forms with a baseline of values, as in the "
+                                    "N+ details)", choices=["auto", "on", "off"])
     score_fn: str | None = option(None, help="a function that scores completions for monitoring, never for training "
                                   "(metrics score on rollouts, eval_score on --eval-prompts): file.py:name or "
                                   "module:name, TRL's reward_funcs convention; dvpo.lab.tasks:judge_completions "

@@ -30,6 +30,8 @@ __all__ = [
     "dvpo_critic_advantages",
     "dvpo_advantages",
     "dvpo_authors_advantages",
+    "dvpo_sequence_advantages",
+    "sequence_value",
     "group_normalized_advantages",
     "remax_advantages",
     "broadcast_sequence_advantage",
@@ -123,12 +125,14 @@ def dvpo_critic_advantages(
     kl_penalty: torch.Tensor,
     gamma: float = 1.0,
     lam: float = 0.95,
+    reward: str = "last",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE with the frozen GVM as the critic (beyond the paper): ``(advantages, returns)``, detached.
 
     The GVM's value of the last token, ``Q_T``, estimates the sequence's reward, so it is the reward
-    on the last token; every token pays ``kl_penalty_t`` (``beta * KL_t``, or 0). The state values
-    are ``V(s_1) = v_first`` and ``V(s_t) = Q_{t-1} / gamma`` for ``t > 1`` (deterministic
+    on the last token (``reward="last"``); ``reward="mean"`` puts there the mean of the response's values
+    ``Q_1..Q_T`` instead (:func:`sequence_value`). Every token pays ``kl_penalty_t`` (``beta * KL_t``, or 0).
+    The state values are ``V(s_1) = v_first`` and ``V(s_t) = Q_{t-1} / gamma`` for ``t > 1`` (deterministic
     transitions, no intermediate reward). Then ``delta_t = r_t + gamma V(s_{t+1}) - V(s_t)`` and
     GAE(gamma, lam) as for PPO's critic (:func:`dvpo.algos.ppo.gae`). With ``lam = 1`` and no KL
     every token's advantage is ``Q_T - V(s_t)``: what is left of the sequence's value to earn
@@ -142,10 +146,30 @@ def dvpo_critic_advantages(
         raise ValueError(f"gamma must be positive, got {gamma}")
     qm = q * m
     state_values = torch.cat([v_first.detach().to(q.dtype).unsqueeze(1), qm[:, :-1] / gamma], dim=1) * m
-    lengths = m.sum(dim=1).long()
-    last_q = qm.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1) * (lengths > 0)
-    rewards = last_token_rewards(last_q, m) - kl_penalty.detach().to(q.dtype) * m
+    rewards = last_token_rewards(sequence_value(q, m, reward), m) - kl_penalty.detach().to(q.dtype) * m
     return gae(state_values, rewards, m, gamma, lam)
+
+
+SEQUENCE_VALUES = ("last", "mean")
+
+
+def sequence_value(q_values: torch.Tensor, mask: torch.Tensor, how: str = "last") -> torch.Tensor:
+    """One number per response from its token values ``Q_1..Q_T`` on ``mask``: ``[B]``, 0 for an empty row.
+
+    ``"last"``: ``Q_T``, the value after the whole response (the paper's reading of the GVM's score).
+    ``"mean"``: the mean of ``Q_1..Q_T``, the aggregate by which `dvpo gvm` selects its checkpoint and measures
+    its pairwise accuracy (so the `reliability` weight); every ``Q_t`` estimates the same final score, and their
+    mean averages out some of a GVM's per-token errors.
+    """
+    m = _fmask(mask, q_values)
+    qm = q_values.detach() * m
+    lengths = m.sum(dim=1)
+    if how == "last":
+        last = (lengths.long() - 1).clamp(min=0).unsqueeze(1)
+        return qm.gather(1, last).squeeze(1) * (lengths > 0)
+    if how == "mean":
+        return qm.sum(dim=1) / lengths.clamp(min=1)
+    raise ValueError(f"unknown sequence value {how!r}; choose one of {SEQUENCE_VALUES}")
 
 
 def dvpo_advantages(
@@ -159,14 +183,16 @@ def dvpo_advantages(
     weight: float = 1.0,
     gamma: float = 1.0,
     lam: float = 0.95,
+    reward: str = "last",
 ) -> torch.Tensor:
-    """DVPO's per-token advantages from raw GVM values, in one of three forms, detached; 0 off `mask`.
+    """DVPO's per-token advantages from raw GVM values, in one of four forms, detached; 0 off `mask`.
 
     - ``"value"`` (the paper): the standardised value ``w (Q_t - mu) / sigma`` minus ``kl_penalty_t``;
     - ``"difference"``: ``w (Q_t - V(s_t)) / sigma`` minus ``kl_penalty_t``
       (:func:`dvpo_difference_advantages` on raw values);
     - ``"gae"``: GAE with the frozen GVM as critic (:func:`dvpo_critic_advantages`) on the raw values scaled
-      by ``w / sigma``, with ``kl_penalty`` in its rewards.
+      by ``w / sigma``, with ``kl_penalty`` in its rewards and ``reward`` ("last" or "mean") as the sequence's;
+    - ``"sequence"``: the same reward less ``V(s_1)`` on every token (:func:`dvpo_sequence_advantages`).
 
     The two forms that difference values apply the normalisation as a scale only, ``mu`` left out: with
     ``V(s_t) = Q_{t-1} / gamma``, subtracting ``mu`` before the division would add
@@ -183,8 +209,33 @@ def dvpo_advantages(
     if form == "difference":
         return dvpo_difference_advantages(q * scale, m, gamma, v_first=first * scale) - penalty
     if form == "gae":
-        return dvpo_critic_advantages(q * scale, first * scale, m, penalty, gamma, lam)[0]
-    raise ValueError(f"unknown DVPO advantage form {form!r}; choose value, difference or gae")
+        return dvpo_critic_advantages(q * scale, first * scale, m, penalty, gamma, lam, reward)[0]
+    if form == "sequence":
+        return dvpo_sequence_advantages(q * scale, first * scale, m, penalty, gamma, reward)
+    raise ValueError(f"unknown DVPO advantage form {form!r}; choose value, difference, gae or sequence")
+
+
+def dvpo_sequence_advantages(
+    q_values: torch.Tensor,
+    v_first: torch.Tensor,
+    mask: torch.Tensor,
+    kl_penalty: torch.Tensor,
+    gamma: float = 1.0,
+    reward: str = "last",
+) -> torch.Tensor:
+    """The GVM's values as a prompt-level baseline only (beyond the paper), detached, 0 off `mask`: every token's
+    advantage is the response's reward (:func:`sequence_value`, ``Q_T`` or the mean) minus ``V(s_1)``, the GVM's
+    value of the prompt, minus the KL still to pay: GAE at λ 1 with every state valued ``V(s_1)``. With γ 1 that
+    is ``A_t = R - V(s_1) - sum_{k >= t} kl_k``. Unlike `gae`, no value of a partial response enters, so a GVM's
+    per-token errors cannot move credit between the tokens of one response.
+    """
+    m = _fmask(mask, q_values)
+    q = q_values.detach() * m
+    if v_first.shape != (q.shape[0],):
+        raise ValueError(f"v_first must have shape [{q.shape[0]}], got {tuple(v_first.shape)}")
+    state_values = v_first.detach().to(q.dtype).unsqueeze(1) * m
+    rewards = last_token_rewards(sequence_value(q, m, reward), m) - kl_penalty.detach().to(q.dtype) * m
+    return gae(state_values, rewards, m, gamma, 1.0)[0]
 
 
 def dvpo_authors_advantages(

@@ -171,14 +171,15 @@ class GlobalValueModel(FrozenScorer):
         cut.log("GVM scoring", self.meta.max_length)
         return results
 
-    def final_values(self, prompts: list, responses: list[str]) -> torch.Tensor:
-        """[N] each response's standardised value at its last token, tau (when the GVM was trained with it)
-        drawn among the other responses, as on rollouts: a GVM's score of whole samples."""
+    def final_values(self, prompts: list, responses: list[str], how: str = "last") -> torch.Tensor:
+        """[N] each response's standardised value at its last token (or, `how="mean"`, the mean over its
+        tokens), tau (when the GVM was trained with it) drawn among the other responses, as on rollouts: a GVM's
+        score of whole samples."""
         picks = (sample_tau_sets(prompts, [None] * len(prompts), 0, self.meta.tau_pairs) if self.meta.tau
                  else [[] for _ in prompts])
         values = self.score(list(prompts), list(responses),
                             taus=[[(prompts[j], responses[j]) for j in pick] for pick in picks])
-        return torch.tensor([float(v[-1]) if len(v) else 0.0 for v in values])
+        return torch.tensor([float(v[-1] if how == "last" else v.mean()) if len(v) else 0.0 for v in values])
 
 
 def value_model_around(backbone, base_path: str):

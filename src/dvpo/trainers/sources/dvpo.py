@@ -2,7 +2,8 @@
 
 `--dvpo-advantage`: "value" is the paper's normalised token value; "difference" subtracts the previous
 slot's value; "gae" uses the GVM as a frozen critic (its last value is the reward, GAE over its values,
-whitened like PPO's), see `dvpo_critic_advantages`; "authors" is the authors' code (`dvpo_authors_advantages`).
+whitened like PPO's), see `dvpo_critic_advantages`; "sequence" the same reward less the GVM's value of the prompt on
+every token (`dvpo_sequence_advantages`); "authors" is the authors' code (`dvpo_authors_advantages`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import ClassVar
 
 import torch
 
-from dvpo.algos.advantages import dvpo_advantages, dvpo_authors_advantages
+from dvpo.algos.advantages import dvpo_advantages, dvpo_authors_advantages, sequence_value
 from dvpo.errors import ConfigError
 from dvpo.data.tau import conditioned_on, sample_tau_sets
 from dvpo.data.tokenize import TruncationStats, encode_prompt
@@ -39,17 +40,21 @@ class DvpoSource(FrozenSignalSource):
     uses = ("gvm",)
 
     def __init__(self, gvm, advantage: str, normalization: str, gamma: float, lam: float, weight: float = 1.0,
-                 forward_rows: int = 32):
+                 forward_rows: int = 32, reward: str = "last"):
         self.gvm, self.advantage, self.normalization, self.weight = gvm, advantage, normalization, weight
+        self.reward = reward
         self.forward_rows = forward_rows
         self.gamma, self.lam = gamma, lam
-        self.whiten_default = advantage in ("gae", "authors")
+        self.whiten_default = advantage in ("gae", "sequence", "authors")
 
     @classmethod
     def check(cls, cfg) -> None:
         super().check(cfg)
         if not cfg.gvm:
             raise ConfigError("--algo dvpo needs --gvm (a folder written by `dvpo gvm`)")
+        if cfg.dvpo_reward != "last" and cfg.dvpo_advantage not in ("gae", "sequence"):
+            raise ConfigError(f"--dvpo-reward {cfg.dvpo_reward} applies to --dvpo-advantage gae or sequence only (the "
+                              f"response's reward); {cfg.dvpo_advantage} has no response reward")
 
     @classmethod
     def build(cls, cfg, device, policy, reference, tokenizer):
@@ -74,7 +79,7 @@ class DvpoSource(FrozenSignalSource):
         weight = (signal_weight(gvm.meta, cfg.gvm, "--dvpo-normalization")
                   if cfg.dvpo_normalization == "reliability" else 1.0)
         return cls(gvm, cfg.dvpo_advantage, cfg.dvpo_normalization, cfg.gamma, dvpo_lambda(cfg), weight,
-                   forward_rows=cfg.mini_batch_size), reference
+                   forward_rows=cfg.mini_batch_size, reward=cfg.dvpo_reward), reference
 
     def gvm_inputs(self, rollout: Rollout):
         """[tau; prompt; response] per row; tau is the response to another prompt of the global batch, drawn by
@@ -163,22 +168,22 @@ class DvpoSource(FrozenSignalSource):
                                                  self.gamma, self.lam)
         else:
             advantages = dvpo_advantages(self.advantage, q, v_first, valued, penalty, mean, std, self.weight,
-                                         self.gamma, self.lam)
+                                         self.gamma, self.lam, self.reward)
         batch_mean = lambda x, over: rollout.stats.masked_moments(x, over)[0].item()  # noqa: E731 (all processes)
         return Advantages(advantages, {"proxy_score": self.final_value(q, valued, rollout),
                                        "gvm_value_mean": batch_mean(self.gvm.normalize(q) * valued, valued),
                                        "advantage_mean": batch_mean(advantages, valued)}, mask=valued)
 
     def proxy(self, prompts: list, texts: list[str]) -> torch.Tensor:
-        """The GVM's standardised value of each text's last token (`GlobalValueModel.final_values`):
-        `proxy_score` for samples drawn outside the rollout."""
-        return self.gvm.final_values(prompts, texts)
+        """The GVM's standardised value of each text (`GlobalValueModel.final_values`, aggregated as the
+        reward is): `proxy_score` for samples drawn outside the rollout."""
+        return self.gvm.final_values(prompts, texts, self.reward)
 
     def final_value(self, q: torch.Tensor, valued: torch.Tensor, rollout: Rollout) -> float:
-        """The run's proxy score: the batch mean of the GVM's value of each sample's last valued token,
-        standardised by its stored statistics (no reliability weight): what DVPO pushes up, to set beside a
-        gold score (over-optimisation shows as the two diverging)."""
-        lengths = valued.sum(dim=1).long()
-        last = q.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
-        has_value = (lengths > 0).to(q.dtype).unsqueeze(1)
-        return rollout.stats.masked_moments(self.gvm.normalize(last).unsqueeze(1), has_value)[0].item()
+        """The run's proxy score: the batch mean of the GVM's value of each sample (its last valued token's, or
+        the mean over its valued tokens with `--dvpo-reward mean`), standardised by its stored statistics (no
+        reliability weight): what DVPO pushes up, to set beside a gold score (over-optimisation shows as the
+        two diverging)."""
+        score = sequence_value(q, valued, self.reward)
+        has_value = (valued.sum(dim=1) > 0).to(q.dtype).unsqueeze(1)
+        return rollout.stats.masked_moments(self.gvm.normalize(score).unsqueeze(1), has_value)[0].item()
