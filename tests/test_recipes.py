@@ -48,7 +48,7 @@ def test_a_catalog_model_brings_its_own_recipe_and_budget(tmp_path):
     assert gvm_config(*paths).lora_r == 8 and sft_config(*paths).lora_r == 16
     assert lab_budget("small", True, FULL, QUICK) is QUICK
     quick = rl_config("dvpo", *paths[:3], SMOLLM2_QUICK, 0, gvm="g")
-    assert (quick.steps, quick.eval_every) == (12, 6)  # the budget's own cadence, not six times a run
+    assert (quick.steps, quick.eval_every) == (10, 5)  # the budget's own cadence, not six times a run
 
 
 def test_the_pipeline_trains_every_stage_with_its_recipe(tmp_path):

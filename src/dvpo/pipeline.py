@@ -75,11 +75,12 @@ SMOLLM2 = LabBudget(n_sft=1200, n_rated=600, n_rl=600, n_test=100, recipe="smoll
 """The pretrained SmolLM2 on the lab: fewer rows than FULL, since each step of a 135M model costs about 2.5 s on
 2 CPU cores (its recipe's own step counts bound each stage)."""
 SMOLLM2_QUICK = dataclasses.replace(SMOLLM2, n_sft=400, n_rated=200, n_rl=200, n_test=40, stage_changes={
-    "sft": {"max_steps": 30}, "gvm": {"max_steps": 30}, "rm": {"max_steps": 30},
-    "rl": {"steps": 12, "eval_every": 6}})
-"""`--quick` on SmolLM2: a smoke run of every stage (its scores mean little), sized to about 15 minutes on 2 cores:
-30 steps per trained stage and 2 held-out evaluations per RL run (an evaluation of 40 prompts costs about as much
-as two RL steps)."""
+    "sft": {"max_steps": 40}, "gvm": {"max_steps": 30}, "rm": {"max_steps": 30},
+    "rl": {"steps": 10, "eval_every": 5}})
+"""`--quick` on SmolLM2: a smoke run of every stage (its scores mean little), sized for about 15 minutes on 2 cores:
+2 held-out evaluations per RL run (one of 40 prompts costs about two RL steps). SFT keeps 40 steps: after 30 the
+model rambles to the new-token cap more often, and RL steps, which generate until the longest sample ends, took
+2-3x as long."""
 
 
 def lab_budget(recipe_name: str, quick: bool, small: LabBudget, small_quick: LabBudget) -> LabBudget:
