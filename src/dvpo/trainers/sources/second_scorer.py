@@ -48,7 +48,7 @@ class SecondScorer:
 
             self.model = load_value_model(folder, device=device, dtype=dtype)
             same = same_vocabulary(self.model.tokenizer, policy_tokenizer)
-            self.source = DvpoSource(self.model, "gae", "stored", 1.0, 1.0, False) if same else None
+            self.source = DvpoSource(self.model, "gae", "stored", 1.0, 1.0) if same else None
         else:
             from dvpo.models.reward_model import load_reward_model
             from dvpo.trainers.sources.scoring import SequenceScorer
