@@ -605,16 +605,22 @@ def _dvpo_gae_loop(q, v_first, mask, penalty, mean, std, weight, gamma, lam, rew
     return out
 
 
+def _random_dvpo_rollout(seed: int):
+    """Raw GVM values [3, 5], V(s_1) [3], a mask of rows 5, 3 and 1 tokens long and KL penalties, in float64."""
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(3, 5, generator=generator, dtype=torch.float64)
+    v_first = torch.randn(3, generator=generator, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.float64)
+    penalty = 0.1 * torch.rand(3, 5, generator=generator, dtype=torch.float64)
+    return q, v_first, mask, penalty
+
+
 @pytest.mark.parametrize("reward", ["last", "mean"])
 @pytest.mark.parametrize("gamma", [1.0, 0.9])
 def test_dvpo_advantages_gae_match_a_float64_loop_and_ignore_the_values_level(gamma, reward):
     from dvpo.algos.advantages import dvpo_advantages
 
-    generator = torch.Generator().manual_seed(0)
-    q = torch.randn(3, 5, generator=generator, dtype=torch.float64)
-    v_first = torch.randn(3, generator=generator, dtype=torch.float64)
-    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.float64)
-    penalty = 0.1 * torch.rand(3, 5, generator=generator, dtype=torch.float64)
+    q, v_first, mask, penalty = _random_dvpo_rollout(seed=0)
     got = dvpo_advantages("gae", q, v_first, mask, penalty, mean=2.5, std=0.7, weight=0.6, gamma=gamma, lam=0.8,
                           reward=reward)
     expected = _dvpo_gae_loop(q, v_first, mask, penalty, 2.5, 0.7, 0.6, gamma, 0.8, reward)
@@ -631,11 +637,7 @@ def test_dvpo_sequence_advantages_match_a_float64_loop(gamma, reward):
     """Every token: gamma^(T-t) R - V(s_1) - sum_{k >= t} gamma^(k-t) kl_k, in the GVM's units times weight / std."""
     from dvpo.algos.advantages import dvpo_advantages
 
-    generator = torch.Generator().manual_seed(1)
-    q = torch.randn(3, 5, generator=generator, dtype=torch.float64)
-    v_first = torch.randn(3, generator=generator, dtype=torch.float64)
-    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.float64)
-    penalty = 0.1 * torch.rand(3, 5, generator=generator, dtype=torch.float64)
+    q, v_first, mask, penalty = _random_dvpo_rollout(seed=1)
     got = dvpo_advantages("sequence", q, v_first, mask, penalty, mean=2.5, std=0.7, weight=0.6, gamma=gamma,
                           reward=reward)
     expected = torch.zeros_like(q)
