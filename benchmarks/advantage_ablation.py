@@ -40,6 +40,7 @@ VARIANTS = {  # name: (algorithm, changes to the recipe)
     "dvpo value-reliability": ("dvpo", {"dvpo_advantage": "value"}),  # the paper's normalised token value
     "dvpo gae-1-mean-reliability": ("dvpo", {"dvpo_reward": "mean"}),  # the mean of the GVM's values as the reward
     "dvpo sequence-reliability": ("dvpo", {"dvpo_advantage": "sequence"}),  # final value - V(s_1) on every token
+    "dvpo blend-reliability": ("dvpo", {"dvpo_advantage": "blend"}),  # baseline V(s_1) + w (V(s_t) - V(s_1))
     "dvpo authors": ("dvpo", {"dvpo_advantage": "authors"}),  # the authors' code: KL-only reward, zero terminal value
     "ppo gae-0.95": ("ppo", {}),  # the recipe: critic from the reward model
     "ppo gae-1": ("ppo", {"gae_lambda": 1.0}),

@@ -49,6 +49,7 @@ def test_a_catalog_model_brings_its_own_recipe_and_budget(tmp_path):
     assert lab_budget("small", True, FULL, QUICK) is QUICK
     quick = rl_config("dvpo", *paths[:3], SMOLLM2_QUICK, 0, gvm="g")
     assert (quick.steps, quick.eval_every) == (10, 5)  # the budget's own cadence, not six times a run
+    assert quick.max_new_tokens == SMOLLM2_QUICK.changes("generate")["max_new_tokens"] == 64  # judged as it trains
 
 
 def test_the_pipeline_trains_every_stage_with_its_recipe(tmp_path):
@@ -83,8 +84,12 @@ def test_the_lab_judge_samples_by_the_runs_own_recipe(tiny_model, lab_data, tmp_
         out = tmp_path / f"{name}.jsonl"
         judge_model(tiny_model, lab_data["test_prompts"], out, None, 0, Timer(), name)
         completions[name] = [json.loads(line)["completion"] for line in out.read_text().splitlines()]
+    out = tmp_path / "capped.jsonl"  # a budget's change to the recipe (SmolLM2's --quick: 64 new tokens) holds
+    judge_model(tiny_model, lab_data["test_prompts"], out, None, 0, Timer(), "smollm2", {"max_new_tokens": 64})
+    completions["capped"] = [json.loads(line)["completion"] for line in out.read_text().splitlines()]
     mean_chars = {name: sum(map(len, texts)) / len(texts) for name, texts in completions.items()}
     assert mean_chars["smollm2"] > 1.25 * mean_chars["small"]  # 96 / 64 = 1.5 where every sample runs to the cap
+    assert mean_chars["capped"] == pytest.approx(mean_chars["small"], rel=0.2)
 
 
 def test_a_stage_runs_from_its_recipe_with_command_line_options_winning(tiny_model, lab_data, tmp_path):

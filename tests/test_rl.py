@@ -200,7 +200,7 @@ def test_dvpo_reward_mean_without_gae_is_refused_before_any_file(tiny_model, tin
         main(_rl_args(tiny_model, tiny_gvm, lab_data, tmp_path / "x", "--dvpo-reward", "mean",
                       "--dvpo-advantage", "value"))
     error = capsys.readouterr().err
-    assert stop.value.code == 2 and "--dvpo-reward mean applies to --dvpo-advantage gae or sequence only" in error
+    assert stop.value.code == 2 and "--dvpo-reward mean applies to --dvpo-advantage gae, sequence or blend" in error
     assert not (tmp_path / "x").exists()
 
 
@@ -363,6 +363,15 @@ def test_reliability_weights_a_standardised_signal_by_validation_accuracy(tiny_r
               "--dvpo-normalization", "reliability"])
     assert (out / "dvpo_complete.json").is_file()
     assert any("so its standardised signal is weighted 2 * accuracy - 1" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):  # the blend's trust is the same weight, whatever the normalisation
+        main(["rl", "--algo", "dvpo", "--policy", str(tiny_model), "--gvm", str(tiny_gvm), "--prompts",
+              str(lab_data["prompts"]), "--out", str(tmp_path / "blend"), "--steps", "1", "--rollout-batch-size", "4",
+              "--mini-batch-size", "4", "--ppo-epochs", "1", "--max-new-tokens", "6",
+              "--dvpo-normalization", "stored", "--dvpo-advantage", "blend"])
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("the blend trusts its values of partial responses by 2 * accuracy - 1" in m for m in logged)
+    assert not any("standardised signal is weighted" in m for m in logged)
 
 
 @pytest.mark.parametrize("advantage", ["value", "difference", "gae"])

@@ -137,12 +137,12 @@ def llm_judge(endpoint: str, judge_model_name: str, max_new_tokens: int):
     return judge
 
 
-def pick_judge(cfg: CompareConfig, held_out: Path, max_new_tokens: int, recipe_name: str):
+def pick_judge(cfg: CompareConfig, held_out: Path, max_new_tokens: int, budget: LabBudget):
     """(judge, its sentence in the report): the lab's ground-truth judge for lab prompts, sampling by the run's
     recipe; any other data needs an LLM judge endpoint."""
     prompts = [row["prompt"] for row in load_rows(held_out, "prompts")]
     if all(isinstance(p, str) and is_lab_prompt(p) for p in prompts):
-        return functools.partial(judge_model, recipe_name=recipe_name), LAB_JUDGE
+        return functools.partial(judge_model, recipe_name=budget.recipe, changes=budget.changes("generate")), LAB_JUDGE
     if not (cfg.judge_endpoint and cfg.judge_model):
         raise ConfigError(f"{held_out} holds prompts that are not the lab's, so the lab's "
                           "judge cannot score them: pass --judge-endpoint and --judge-model (an LLM judge)")
@@ -163,7 +163,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     data, base = inputs(cfg, root, budget, timer)
     rl_settings = apply_overrides(rl_config("dvpo", base, data, root, budget, cfg.seed),
                                   cfg.overrides.get("rl", {}), "overrides: rl")
-    judge, judge_sentence = pick_judge(cfg, data / budget.held_out_prompts, rl_settings.max_new_tokens, budget.recipe)
+    judge, judge_sentence = pick_judge(cfg, data / budget.held_out_prompts, rl_settings.max_new_tokens, budget)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     need_gvm, need_rm = "dvpo" in cfg.methods, any(m in NEEDS_RM for m in cfg.methods)
     run = StageRunner(root, cfg.overrides, total=1 + need_gvm + need_rm + len(seeds) * len(cfg.methods),

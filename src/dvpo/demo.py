@@ -55,7 +55,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     models = {"zero-shot" if cfg.model else "untrained": init_dir, "sft": sft_dir, "dvpo": root / "dvpo",
               "ppo": root / "ppo"}
     scores = {name: judge_model(model, data / "test_prompts.jsonl", root / "generations" / f"{name}.jsonl",
-                                root / "generations" / "sft.jsonl", cfg.seed, timer, budget.recipe)
+                                root / "generations" / "sft.jsonl", cfg.seed, timer, budget.recipe,
+                                budget.changes("generate"))
               for name, model in models.items()}
     prompts = [json.loads(line)["prompt"] for line in (data / "test_prompts.jsonl").read_text().splitlines()]
     behaviour = policy_scores(prompts, seed=cfg.seed, samples_per_prompt=EVAL_SAMPLES, task=cfg.task)

@@ -74,13 +74,14 @@ fits 3 minutes on 2 cores (QUICK itself took 197 s on a fresh clone); `dvpo comp
 SMOLLM2 = LabBudget(n_sft=1200, n_rated=600, n_rl=600, n_test=100, recipe="smollm2")
 """The pretrained SmolLM2 on the lab: fewer rows than FULL, since each step of a 135M model costs about 2.5 s on
 2 CPU cores (its recipe's own step counts bound each stage)."""
-SMOLLM2_QUICK = dataclasses.replace(SMOLLM2, n_sft=400, n_rated=200, n_rl=200, n_test=40, stage_changes={
+SMOLLM2_QUICK = dataclasses.replace(SMOLLM2, n_sft=400, n_rated=200, n_rl=200, n_test=32, stage_changes={
     "sft": {"max_steps": 40}, "gvm": {"max_steps": 30}, "rm": {"max_steps": 30},
-    "rl": {"steps": 10, "eval_every": 5}})
-"""`--quick` on SmolLM2: a smoke run of every stage (its scores mean little), sized for about 15 minutes on 2 cores:
-2 held-out evaluations per RL run (one of 40 prompts costs about two RL steps). SFT keeps 40 steps: after 30 the
+    "rl": {"steps": 10, "eval_every": 5, "max_new_tokens": 64}, "generate": {"max_new_tokens": 64}})
+"""`--quick` on SmolLM2: a smoke run of every stage (its scores mean little), sized for under 15 minutes on 2 cores:
+2 held-out evaluations per RL run (one of 32 prompts costs about two RL steps). SFT keeps 40 steps: after 30 the
 model rambles to the new-token cap more often, and RL steps, which generate until the longest sample ends, took
-2-3x as long."""
+2-3x as long. Sampling stops at 64 new tokens, not the recipe's 96, since a briefly trained model's rambling
+samples run to the cap and set each batch's time; lab 1's answers take under 25 tokens, lab 2's 7.7% over 64."""
 
 
 def lab_budget(recipe_name: str, quick: bool, small: LabBudget, small_quick: LabBudget) -> LabBudget:
@@ -157,16 +158,17 @@ def dpo_config(sft: Path, data: Path, out: Path, budget: LabBudget, seed: int) -
 
 
 def judge_model(model: Path, prompts: Path, out: Path, baseline: Path | None, seed: int, timer: Timer,
-                recipe_name: str = "small") -> dict:
+                recipe_name: str = "small", changes: dict | None = None) -> dict:
     """Sample generate.yaml's responses per held-out prompt (4) at temperature 1 and score them with the lab judge.
 
     The run's own recipe's generate.yaml: every model of a run is judged alike, and its new-token cap is counted
     in that model family's tokens (lab 2's answers need 96 of SmolLM2's, 64 of the lab tokenizer's).
     Temperature 1 is the policy RL optimises (greedy decoding would hide what SFT has and has not learned).
+    `changes` are the budget's own changes to that recipe (`--quick` on SmolLM2 caps new tokens as its RL does).
     """
     if not out.exists():
         timer(f"generate:{out.parent.name}/{out.stem}", run_generate, from_recipe(
-            GenerateConfig, "generate", {"seed": seed}, recipe_name, model=str(model), prompts=str(prompts),
-            out=str(out)))
+            GenerateConfig, "generate", {**(changes or {}), "seed": seed}, recipe_name, model=str(model),
+            prompts=str(prompts), out=str(out)))
     return judge_file(out, baseline if baseline is not None and baseline != out and baseline.exists() else None)
 

@@ -309,10 +309,12 @@ class RlConfig:
                                  "difference (Q_t - Q_{t-1}/gamma), or authors (the authors' code: a KL-only reward, "
                                  "each row's values whitened over all its positions, GAE to a zero terminal value, "
                                  "whitened; no normalisation option applies), or sequence (the gae reward minus the "
-                                 "GVM's value of the prompt on every token, whitened)",
-                                 choices=["gae", "value", "difference", "authors", "sequence"])
-    dvpo_reward: str = option("last", help="dvpo gae and sequence: the response's reward from the GVM: its last token's value "
-                              "Q_T (the paper's reading), or the mean of its tokens' values (mean: the aggregate "
+                                 "GVM's value of the prompt on every token, whitened), or blend (between sequence and "
+                                 "gae at lambda 1: state t valued V(s_1) + w (V(s_t) - V(s_1)), w the GVM's "
+                                 "reliability weight)",
+                                 choices=["gae", "value", "difference", "authors", "sequence", "blend"])
+    dvpo_reward: str = option("last", help="dvpo gae, sequence and blend: the response's reward from the GVM: its "
+                              "last token's value Q_T (the paper's reading), or the mean of its tokens' values (mean: the aggregate "
                               "that selects the GVM's checkpoint and sets its reliability weight)",
                               choices=["last", "mean"])
     dvpo_normalization: str = option("reliability", help="dvpo: normalise values by the GVM's statistics on its "

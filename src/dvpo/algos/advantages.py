@@ -184,20 +184,23 @@ def dvpo_advantages(
     gamma: float = 1.0,
     lam: float = 0.95,
     reward: str = "last",
+    trust: float = 0.0,
 ) -> torch.Tensor:
-    """DVPO's per-token advantages from raw GVM values, in one of four forms, detached; 0 off `mask`.
+    """DVPO's per-token advantages from raw GVM values, in one of five forms, detached; 0 off `mask`.
 
     - ``"value"`` (the paper): the standardised value ``w (Q_t - mu) / sigma`` minus ``kl_penalty_t``;
     - ``"difference"``: ``w (Q_t - V(s_t)) / sigma`` minus ``kl_penalty_t``
       (:func:`dvpo_difference_advantages` on raw values);
     - ``"gae"``: GAE with the frozen GVM as critic (:func:`dvpo_critic_advantages`) on the raw values scaled
       by ``w / sigma``, with ``kl_penalty`` in its rewards and ``reward`` ("last" or "mean") as the sequence's;
-    - ``"sequence"``: the same reward less ``V(s_1)`` on every token (:func:`dvpo_sequence_advantages`).
+    - ``"sequence"``: the same reward less ``V(s_1)`` on every token (:func:`dvpo_sequence_advantages`);
+    - ``"blend"``: between the two, state ``t`` valued ``V(s_1) + trust (V(s_t) - V(s_1))``.
 
     The two forms that difference values apply the normalisation as a scale only, ``mu`` left out: with
     ``V(s_t) = Q_{t-1} / gamma``, subtracting ``mu`` before the division would add
     ``mu (1 - gamma) / (gamma sigma)`` to every token's advantage when ``gamma < 1``; at ``gamma = 1`` the
-    level cancels and both readings agree. ``weight`` is the reliability weight (1 for none).
+    level cancels and both readings agree. ``weight`` is the reliability weight (1 for none); ``trust``, the
+    `blend` form's, is in [0, 1].
     """
     m = _fmask(mask, q_values)
     q, first = q_values.detach() * m, v_first.detach().to(q_values.dtype)
@@ -210,9 +213,10 @@ def dvpo_advantages(
         return dvpo_difference_advantages(q * scale, m, gamma, v_first=first * scale) - penalty
     if form == "gae":
         return dvpo_critic_advantages(q * scale, first * scale, m, penalty, gamma, lam, reward)[0]
-    if form == "sequence":
-        return dvpo_sequence_advantages(q * scale, first * scale, m, penalty, gamma, reward)
-    raise ValueError(f"unknown DVPO advantage form {form!r}; choose value, difference, gae or sequence")
+    if form in ("sequence", "blend"):
+        return dvpo_sequence_advantages(q * scale, first * scale, m, penalty, gamma, reward,
+                                        trust if form == "blend" else 0.0)
+    raise ValueError(f"unknown DVPO advantage form {form!r}; choose value, difference, gae, sequence or blend")
 
 
 def dvpo_sequence_advantages(
@@ -222,18 +226,27 @@ def dvpo_sequence_advantages(
     kl_penalty: torch.Tensor,
     gamma: float = 1.0,
     reward: str = "last",
+    trust: float = 0.0,
 ) -> torch.Tensor:
     """The GVM's values as a prompt-level baseline only (beyond the paper), detached, 0 off `mask`: every token's
     advantage is the response's reward (:func:`sequence_value`, ``Q_T`` or the mean) minus ``V(s_1)``, the GVM's
     value of the prompt, minus the KL still to pay: GAE at λ 1 with every state valued ``V(s_1)``. With γ 1 that
     is ``A_t = R - V(s_1) - sum_{k >= t} kl_k``. Unlike `gae`, no value of a partial response enters, so a GVM's
     per-token errors cannot move credit between the tokens of one response.
+
+    ``trust`` in [0, 1] lets the values of partial responses back in by that much: state ``t`` is valued
+    ``V(s_1) + trust (V(s_t) - V(s_1))`` with ``V(s_t) = Q_{t-1} / gamma``, so 0 is the form above and 1 is `gae`
+    at λ 1 (the `blend` form passes the GVM's reliability weight: a GVM near chance is trusted per response only).
     """
+    if not 0.0 <= trust <= 1.0:
+        raise ValueError(f"trust must lie in [0, 1], got {trust}")
     m = _fmask(mask, q_values)
     q = q_values.detach() * m
     if v_first.shape != (q.shape[0],):
         raise ValueError(f"v_first must have shape [{q.shape[0]}], got {tuple(v_first.shape)}")
-    state_values = v_first.detach().to(q.dtype).unsqueeze(1) * m
+    first = v_first.detach().to(q.dtype).unsqueeze(1)
+    per_state = torch.cat([first, q[:, :-1] / gamma], dim=1)
+    state_values = (first + trust * (per_state - first)) * m
     rewards = last_token_rewards(sequence_value(q, m, reward), m) - kl_penalty.detach().to(q.dtype) * m
     return gae(state_values, rewards, m, gamma, 1.0)[0]
 

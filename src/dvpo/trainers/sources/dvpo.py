@@ -3,7 +3,8 @@
 `--dvpo-advantage`: "value" is the paper's normalised token value; "difference" subtracts the previous
 slot's value; "gae" uses the GVM as a frozen critic (its last value is the reward, GAE over its values,
 whitened like PPO's), see `dvpo_critic_advantages`; "sequence" the same reward less the GVM's value of the prompt on
-every token (`dvpo_sequence_advantages`); "authors" is the authors' code (`dvpo_authors_advantages`).
+every token (`dvpo_sequence_advantages`); "blend" a baseline between the two, trusting the values of partial
+responses by the GVM's reliability weight; "authors" is the authors' code (`dvpo_authors_advantages`).
 """
 
 from __future__ import annotations
@@ -40,21 +41,21 @@ class DvpoSource(FrozenSignalSource):
     uses = ("gvm",)
 
     def __init__(self, gvm, advantage: str, normalization: str, gamma: float, lam: float, weight: float = 1.0,
-                 forward_rows: int = 32, reward: str = "last"):
+                 forward_rows: int = 32, reward: str = "last", trust: float = 0.0):
         self.gvm, self.advantage, self.normalization, self.weight = gvm, advantage, normalization, weight
-        self.reward = reward
+        self.reward, self.trust = reward, trust
         self.forward_rows = forward_rows
         self.gamma, self.lam = gamma, lam
-        self.whiten_default = advantage in ("gae", "sequence", "authors")
+        self.whiten_default = advantage in ("gae", "sequence", "blend", "authors")
 
     @classmethod
     def check(cls, cfg) -> None:
         super().check(cfg)
         if not cfg.gvm:
             raise ConfigError("--algo dvpo needs --gvm (a folder written by `dvpo gvm`)")
-        if cfg.dvpo_reward != "last" and cfg.dvpo_advantage not in ("gae", "sequence"):
-            raise ConfigError(f"--dvpo-reward {cfg.dvpo_reward} applies to --dvpo-advantage gae or sequence only (the "
-                              f"response's reward); {cfg.dvpo_advantage} has no response reward")
+        if cfg.dvpo_reward != "last" and cfg.dvpo_advantage not in ("gae", "sequence", "blend"):
+            raise ConfigError(f"--dvpo-reward {cfg.dvpo_reward} applies to --dvpo-advantage gae, sequence or blend "
+                              f"only (the response's reward); {cfg.dvpo_advantage} has no response reward")
 
     @classmethod
     def build(cls, cfg, device, policy, reference, tokenizer):
@@ -78,8 +79,11 @@ class DvpoSource(FrozenSignalSource):
         warn_if_near_chance(gvm.meta, cfg.gvm)
         weight = (signal_weight(gvm.meta, cfg.gvm, "--dvpo-normalization")
                   if cfg.dvpo_normalization == "reliability" else 1.0)
+        trust = (signal_weight(gvm.meta, cfg.gvm, "--dvpo-advantage",
+                               "the blend trusts its values of partial responses by")
+                 if cfg.dvpo_advantage == "blend" else 0.0)
         return cls(gvm, cfg.dvpo_advantage, cfg.dvpo_normalization, cfg.gamma, dvpo_lambda(cfg), weight,
-                   forward_rows=cfg.mini_batch_size, reward=cfg.dvpo_reward), reference
+                   forward_rows=cfg.mini_batch_size, reward=cfg.dvpo_reward, trust=trust), reference
 
     def gvm_inputs(self, rollout: Rollout):
         """[tau; prompt; response] per row; tau is the response to another prompt of the global batch, drawn by
@@ -168,7 +172,7 @@ class DvpoSource(FrozenSignalSource):
                                                  self.gamma, self.lam)
         else:
             advantages = dvpo_advantages(self.advantage, q, v_first, valued, penalty, mean, std, self.weight,
-                                         self.gamma, self.lam, self.reward)
+                                         self.gamma, self.lam, self.reward, self.trust)
         batch_mean = lambda x, over: rollout.stats.masked_moments(x, over)[0].item()  # noqa: E731 (all processes)
         return Advantages(advantages, {"proxy_score": self.final_value(q, valued, rollout),
                                        "gvm_value_mean": batch_mean(self.gvm.normalize(q) * valued, valued),
