@@ -60,25 +60,28 @@ def make_handler(fake: FakeEndpoint):
                 failure = fake.failures.pop(0) if fake.failures else None
                 fake.in_flight += 1
                 fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+            reply = None
             try:
                 time.sleep(fake.delay)
                 if failure == "slow":
                     time.sleep(0.5)  # longer than the client's timeout in the test
                 elif failure == 401:
-                    self._send(401, {"error": {"message": f"Incorrect API key provided: {SECRET}"}})
+                    reply = (401, {"error": {"message": f"Incorrect API key provided: {SECRET}"}})
                 elif failure is not None:
-                    self._send(failure, {"error": {"message": "busy"}}, {"Retry-After": "0"})
+                    reply = (failure, {"error": {"message": "busy"}}, {"Retry-After": "0"})
                 elif self.path != "/v1/chat/completions":
-                    self._send(404, {"error": {"message": "no such route"}})
+                    reply = (404, {"error": {"message": "no such route"}})
                 else:
                     messages = body["messages"]
                     content = fake.reply(messages[0]["content"], messages[1]["content"])
-                    self._send(200, {"id": "x", "object": "chat.completion", "model": body["model"],
-                                     "choices": [{"index": 0, "finish_reason": "stop",
-                                                  "message": {"role": "assistant", "content": content}}]})
-            finally:
+                    reply = (200, {"id": "x", "object": "chat.completion", "model": body["model"],
+                                   "choices": [{"index": 0, "finish_reason": "stop",
+                                                "message": {"role": "assistant", "content": content}}]})
+            finally:  # before the reply leaves: once it arrives the client may send its next request at once
                 with fake.lock:
                     fake.in_flight -= 1
+            if reply is not None:
+                self._send(*reply)
 
         def _send(self, status, payload, headers=None):
             data = json.dumps(payload).encode()
