@@ -631,54 +631,35 @@ def test_dvpo_advantages_gae_match_a_float64_loop_and_ignore_the_values_level(ga
     assert torch.allclose(got, other, atol=1e-12)
 
 
+@pytest.mark.parametrize("trust", [0.0, 0.35, 1.0])
 @pytest.mark.parametrize("reward", ["last", "mean"])
 @pytest.mark.parametrize("gamma", [1.0, 0.9])
-def test_dvpo_sequence_advantages_match_a_float64_loop(gamma, reward):
-    """Every token: gamma^(T-t) R - V(s_1) - sum_{k >= t} gamma^(k-t) kl_k, in the GVM's units times weight / std."""
+def test_dvpo_sequence_and_blend_advantages_match_a_float64_loop(gamma, reward, trust):
+    """Every token: gamma^(T-t) R - b_t - sum_{k >= t} gamma^(k-t) kl_k, in the GVM's units times weight / std, with
+    the baseline b_t = V(s_1) + trust (V(s_t) - V(s_1)), V(s_t) = Q_{t-1} / gamma: `sequence` is trust 0, and
+    `blend` at trust 1 is `gae` at lambda 1."""
     from dvpo.algos.advantages import dvpo_advantages
 
     q, v_first, mask, penalty = _random_dvpo_rollout(seed=1)
-    got = dvpo_advantages("sequence", q, v_first, mask, penalty, mean=2.5, std=0.7, weight=0.6, gamma=gamma,
-                          reward=reward)
+    got = dvpo_advantages("blend", q, v_first, mask, penalty, mean=2.5, std=0.7, weight=0.6, gamma=gamma,
+                          reward=reward, trust=trust)
     expected = torch.zeros_like(q)
     scale = 0.6 / (0.7 + 1e-8)
     for b in range(3):
         n = int(mask[b].sum())
-        values = [float(q[b, t]) for t in range(n)]
+        values, first = [float(q[b, t]) for t in range(n)], float(v_first[b])
         final = values[-1] if reward == "last" else sum(values) / n
         for t in range(n):
+            baseline = first + trust * ((values[t - 1] / gamma if t else first) - first)
             to_pay = sum(gamma ** (k - t) * float(penalty[b, k]) for k in range(t, n))
-            expected[b, t] = gamma ** (n - 1 - t) * final * scale - float(v_first[b]) * scale - to_pay
+            expected[b, t] = gamma ** (n - 1 - t) * final * scale - baseline * scale - to_pay
     assert torch.allclose(got, expected, atol=1e-10)
-
-
-@pytest.mark.parametrize("trust", [0.0, 0.35, 1.0])
-@pytest.mark.parametrize("gamma", [1.0, 0.9])
-def test_dvpo_blend_advantages_match_a_float64_loop_between_sequence_and_gae(gamma, trust):
-    """State t valued V(s_1) + trust (V(s_t) - V(s_1)), V(s_t) = Q_{t-1} / gamma: trust 0 is `sequence`, 1 `gae` at
-    lambda 1."""
-    from dvpo.algos.advantages import dvpo_advantages
-
-    q, v_first, mask, penalty = _random_dvpo_rollout(seed=2)
-    got = dvpo_advantages("blend", q, v_first, mask, penalty, mean=2.5, std=0.7, weight=0.6, gamma=gamma,
-                          trust=trust)
-    expected = torch.zeros_like(q)
-    scale = 0.6 / (0.7 + 1e-8)
-    for b in range(3):
-        n = int(mask[b].sum())
-        first = float(v_first[b])
-        for t in range(n):
-            state = first if t == 0 else float(q[b, t - 1]) / gamma
-            baseline = first + trust * (state - first)
-            to_pay = sum(gamma ** (k - t) * float(penalty[b, k]) for k in range(t, n))
-            expected[b, t] = gamma ** (n - 1 - t) * float(q[b, n - 1]) * scale - baseline * scale - to_pay
-    assert torch.allclose(got, expected, atol=1e-10)
-    if trust == 1.0:
-        gae_form = dvpo_advantages("gae", q, v_first, mask, penalty, 2.5, 0.7, weight=0.6, gamma=gamma, lam=1.0)
-        assert torch.allclose(got, gae_form, atol=1e-10)
-    if trust == 0.0:
-        sequence = dvpo_advantages("sequence", q, v_first, mask, penalty, 2.5, 0.7, weight=0.6, gamma=gamma)
-        assert torch.allclose(got, sequence, atol=1e-10)
+    same = {0.0: ("sequence", {}), 1.0: ("gae", {"lam": 1.0})}.get(trust)
+    if same is not None:
+        form, options = same
+        other = dvpo_advantages(form, q, v_first, mask, penalty, 2.5, 0.7, weight=0.6, gamma=gamma, reward=reward,
+                                **options)
+        assert torch.allclose(got, other, atol=1e-10)
     with pytest.raises(ValueError, match="trust must lie in"):
         dvpo_advantages("blend", q, v_first, mask, penalty, 2.5, 0.7, trust=1.5)
 
