@@ -74,9 +74,10 @@ fits 3 minutes on 2 cores (QUICK itself took 197 s on a fresh clone); `dvpo comp
 SMOLLM2 = LabBudget(n_sft=1200, n_rated=600, n_rl=600, n_test=100, recipe="smollm2")
 """The pretrained SmolLM2 on the lab: fewer rows than FULL, since each step of a 135M model costs about 2.5 s on
 2 CPU cores (its recipe's own step counts bound each stage)."""
+QUICK_NEW_TOKENS = {"max_new_tokens": 64}  # SmolLM2's --quick: sampled in RL and judged alike
 SMOLLM2_QUICK = dataclasses.replace(SMOLLM2, n_sft=400, n_rated=200, n_rl=200, n_test=32, stage_changes={
     "sft": {"max_steps": 40}, "gvm": {"max_steps": 30}, "rm": {"max_steps": 30},
-    "rl": {"steps": 10, "eval_every": 5, "max_new_tokens": 64}, "generate": {"max_new_tokens": 64}})
+    "rl": {"steps": 10, "eval_every": 5, **QUICK_NEW_TOKENS}, "generate": QUICK_NEW_TOKENS})
 """`--quick` on SmolLM2: a smoke run of every stage (its scores mean little), sized for under 15 minutes on 2 cores:
 2 held-out evaluations per RL run (one of 32 prompts costs about two RL steps). SFT keeps 40 steps: after 30 the
 model rambles to the new-token cap more often, and RL steps, which generate until the longest sample ends, took

@@ -314,8 +314,8 @@ class RlConfig:
                                  "reliability weight)",
                                  choices=["gae", "value", "difference", "authors", "sequence", "blend"])
     dvpo_reward: str = option("last", help="dvpo gae, sequence and blend: the response's reward from the GVM: its "
-                              "last token's value Q_T (the paper's reading), or the mean of its tokens' values (mean: the aggregate "
-                              "that selects the GVM's checkpoint and sets its reliability weight)",
+                              "last token's value Q_T (the paper's reading), or the mean of its tokens' values "
+                              "(mean: the aggregate that selects the GVM's checkpoint and sets its reliability weight)",
                               choices=["last", "mean"])
     dvpo_normalization: str = option("reliability", help="dvpo: normalise values by the GVM's statistics on its "
                                      "training data (stored); the same times 2 * its validation pairwise accuracy - 1 "

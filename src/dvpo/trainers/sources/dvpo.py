@@ -80,7 +80,7 @@ class DvpoSource(FrozenSignalSource):
         weight = (signal_weight(gvm.meta, cfg.gvm, "--dvpo-normalization")
                   if cfg.dvpo_normalization == "reliability" else 1.0)
         trust = (signal_weight(gvm.meta, cfg.gvm, "--dvpo-advantage",
-                               "the blend trusts its values of partial responses by")
+                               "the blend trusts its values of partial responses by", "the blend is `sequence`")
                  if cfg.dvpo_advantage == "blend" else 0.0)
         return cls(gvm, cfg.dvpo_advantage, cfg.dvpo_normalization, cfg.gamma, dvpo_lambda(cfg), weight,
                    forward_rows=cfg.mini_batch_size, reward=cfg.dvpo_reward, trust=trust), reference

@@ -32,10 +32,11 @@ def warn_if_near_chance(meta, folder: str) -> None:
                        "than RL settings", folder, 100 * meta.validation_accuracy)
 
 
-def signal_weight(meta, folder: str, option: str, use: str = "its standardised signal is weighted") -> float:
+def signal_weight(meta, folder: str, option: str, use: str = "its standardised signal is weighted",
+                  at_chance: str = "only the KL penalty acts") -> float:
     """`reliability_weight` of a trained scorer (GVM or reward model) from the validation accuracy it
-    was selected by; logged with what it is used for (`use`), and a clear error when it was trained without a
-    validation split."""
+    was selected by; logged with what it is used for (`use`) and what a weight of 0 means (`at_chance`), and a
+    clear error when it was trained without a validation split."""
     if meta.validation_accuracy is None:
         raise ConfigError(f"{folder} records no validation accuracy (trained without a validation split, or by an "
                           f"older dvpo), so its reliability is unknown: retrain it with --validation-fraction above 0, "
@@ -44,7 +45,7 @@ def signal_weight(meta, folder: str, option: str, use: str = "its standardised s
     logger.log(logging.WARNING if weight == 0 else logging.INFO,
                "%s: validation pairwise accuracy %.1f%%, so %s 2 * accuracy - 1 "
                "= %.3f%s", folder, 100 * meta.validation_accuracy, use, weight,
-               " (at chance: only the KL penalty acts)" if weight == 0 else "")
+               f" (at chance: {at_chance})" if weight == 0 else "")
     return weight
 
 
