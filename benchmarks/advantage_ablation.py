@@ -46,6 +46,7 @@ VARIANTS = {  # name: (algorithm, changes to the recipe)
     "ppo gae-1": ("ppo", {"gae_lambda": 1.0}),
     "ppo critic-from-policy": ("ppo", {"critic_init": "policy"}),  # the SFT model with a zero value head
     "ppo critic-lr-3x": ("ppo", {"critic_learning_rate": 3.0e-4}),
+    "ppo critic-frozen": ("ppo", {"vf_coef": 0.0}),  # the critic stays the reward model, fixed as DVPO's GVM is
 }
 
 

@@ -57,8 +57,9 @@ def run_cell(work: Path, task: str, seed: int, tau: str, lam: float, norm: str, 
 
 def spread(values: list[float]) -> str:
     mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * mean:.1f} ± {100 * std:.1f}%"
+    if len(values) == 1:  # one seed has no spread to show
+        return f"{100 * mean:.1f}%"
+    return f"{100 * mean:.1f} ± {100 * statistics.stdev(values):.1f}%"
 
 
 def main() -> None:
